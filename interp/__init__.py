@@ -1,0 +1,15 @@
+"""interp: open GPT-2 up — head detectors, logit lens, factored circuits, ablation, reports.
+
+>>> import interp
+>>> sorted(interp.__all__)[:3]
+['Batch', 'Cache', 'HookedGPT2']
+"""
+
+from .cache import Cache
+from .errors import InterpError
+from .loading import load
+from .model import HookedGPT2
+from .tokens import Batch
+
+__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError"]
+__version__ = "0.1.0"

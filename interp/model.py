@@ -1,0 +1,407 @@
+"""The hooked GPT-2: a readable forward pass over weights taken from a TransformerBridge.
+
+TransformerLens 4's ``TransformerBridge`` loads the model, processes its weights
+(LayerNorm folding, centring) and owns the tokenizer. Its own forward pass wraps
+Hugging Face's modules and fires ~500 hook points; analyses that run the model
+hundreds of times want something leaner, so this module runs GPT-2 itself, from
+the bridge's weights in TransformerLens layout, firing a hook only where one is
+attached. The bridge stays available as ``model.bridge`` for anything else.
+
+Hooks use TransformerLens's names (see :mod:`interp.hooks`). A hook function is
+called as ``fn(activation, name)`` and may return a replacement tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformer_lens.FactoredMatrix import FactoredMatrix
+
+from . import hooks as hk
+from .cache import Cache
+from .errors import InterpError
+from .tokens import Batch, Prompts, from_tokens, tokenize
+
+# A prompt, a list of prompts, token ids [batch, pos] or a Batch. Deliberately untyped for the
+# runtime checker: to_batch() checks user input itself, with messages that name the culprit.
+Inputs = Any
+HookList = Sequence[tuple]  # [(name or (short, layer), fn), ...]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a loaded model."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    eps: float
+    act_fn: str
+    fold_ln: bool
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Build from a dict, rejecting unknown keys (a typo should not pass silently)."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InterpError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+class HookedGPT2:
+    """GPT-2 with its residual stream, attention heads and circuits opened up.
+
+    Build one with :func:`interp.load`. Weights are stacked over layers in
+    TransformerLens layout: ``W_Q[layer, head]`` is ``[d_model, d_head]``.
+
+    With ``fold_ln=True`` (the default of :func:`interp.load`) LayerNorm's scale and
+    bias are folded into the next linear map and the weights that write to the
+    residual stream are centred, as HookedTransformer did: circuits read directly
+    in the residual basis, logits differ from Hugging Face's by a constant per
+    position and log-probabilities are equal. With ``fold_ln=False`` the weights
+    are Hugging Face's own and so are the logits.
+    """
+
+    def __init__(self, bridge, cfg: ModelConfig):
+        self.bridge = bridge
+        self.tokenizer = bridge.tokenizer
+        self.cfg = cfg
+        self._hooks: dict[str, list] = {}
+        p = {k: v.detach() for k, v in bridge.tl_parameters().items()}
+        L = range(cfg.n_layers)
+
+        def stack(key: str) -> Tensor:
+            return torch.stack([p[f"blocks.{i}.{key}"] for i in L]).contiguous()
+
+        self.W_E: Float[Tensor, "d_vocab d_model"] = p["embed.W_E"]
+        self.W_pos: Float[Tensor, "n_ctx d_model"] = p["pos_embed.W_pos"]
+        self.W_Q: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_Q")
+        self.W_K: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_K")
+        self.W_V: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_V")
+        self.W_O: Float[Tensor, "n_layers n_heads d_head d_model"] = stack("attn.W_O")
+        self.b_Q: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_Q")
+        self.b_K: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_K")
+        self.b_V: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_V")
+        self.b_O: Float[Tensor, "n_layers d_model"] = stack("attn.b_O")
+        self.W_in: Float[Tensor, "n_layers d_model d_mlp"] = stack("mlp.W_in")
+        self.b_in: Float[Tensor, "n_layers d_mlp"] = stack("mlp.b_in")
+        self.W_out: Float[Tensor, "n_layers d_mlp d_model"] = stack("mlp.W_out")
+        self.b_out: Float[Tensor, "n_layers d_model"] = stack("mlp.b_out")
+        self.ln1_w, self.ln1_b = stack("ln1.w"), stack("ln1.b")
+        self.ln2_w, self.ln2_b = stack("ln2.w"), stack("ln2.b")
+        self.lnf_w, self.lnf_b = p["ln_final.w"], p["ln_final.b"]
+        self.W_U: Float[Tensor, "d_model d_vocab"] = p["unembed.W_U"]
+        self.b_U: Float[Tensor, " d_vocab"] = p["unembed.b_U"]
+        # One fused matmul for q, k and v (as GPT-2's own c_attn): [L, d_model, 3 * H * d_head].
+        H, D, M = cfg.n_heads, cfg.d_head, cfg.d_model
+        self._W_qkv = torch.cat(
+            [w.permute(0, 2, 1, 3).reshape(cfg.n_layers, M, H * D) for w in (self.W_Q, self.W_K, self.W_V)], -1
+        ).contiguous()
+        self._b_qkv = torch.cat([b.reshape(cfg.n_layers, H * D) for b in (self.b_Q, self.b_K, self.b_V)], -1)
+        self._W_O_flat = self.W_O.reshape(cfg.n_layers, H * D, M)
+        self._act = _activation(cfg.act_fn)
+        self.hook_names: list[str] = hk.all_names(cfg.n_layers)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedGPT2({c.name!r}: {c.n_layers} layers × {c.n_heads} heads, d_model {c.d_model}, "
+            f"vocab {c.d_vocab}, context {c.n_ctx}, fold_ln={c.fold_ln}, {c.dtype}, {c.device})"
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def tokenize(self, prompts: Prompts, *, prepend_bos: bool = True, padding_side: str = "right") -> Batch:
+        """Tokenize prompts into a padded :class:`~interp.tokens.Batch` (BOS prepended by default)."""
+        return tokenize(
+            self.tokenizer, prompts, n_ctx=self.cfg.n_ctx, prepend_bos=prepend_bos,
+            padding_side=padding_side, device=self.cfg.device,
+        )
+
+    def to_batch(self, inputs: Inputs, *, prepend_bos: bool = True, padding_side: str = "right") -> Batch:
+        """Accept a prompt, a list of prompts, a token tensor or a Batch; return a checked Batch."""
+        if isinstance(inputs, Batch):
+            return from_tokens(inputs.tokens, inputs.attention_mask, self.cfg.d_vocab, self.cfg.n_ctx)
+        if isinstance(inputs, Tensor):
+            return from_tokens(inputs.to(self.cfg.device), None, self.cfg.d_vocab, self.cfg.n_ctx)
+        return self.tokenize(inputs, prepend_bos=prepend_bos, padding_side=padding_side)
+
+    def to_str_tokens(self, tokens: Union[Tensor, Sequence[int], str]) -> list[str]:
+        """The text of each token (a string is tokenized first, with BOS)."""
+        if isinstance(tokens, str):
+            tokens = self.tokenize(tokens).tokens[0]
+        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    # ------------------------------------------------------------------ checks
+    def check_layer(self, layer: int) -> int:
+        n = self.cfg.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+            raise InterpError(f"layer {layer!r} out of range: model has {n} layers (0–{n - 1})")
+        return layer
+
+    def check_head(self, layer: int, head: int) -> tuple[int, int]:
+        self.check_layer(layer)
+        n = self.cfg.n_heads
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n:
+            raise InterpError(f"head {head!r} out of range: model has {n} heads per layer (0–{n - 1})")
+        return layer, head
+
+    # ------------------------------------------------------------------ hooks
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: HookList) -> Iterator["HookedGPT2"]:
+        """Attach hooks for the duration of a ``with`` block; they are removed on exit, error or not.
+
+        Blocks nest: an inner block's hooks run after the outer block's on the same point.
+        """
+        added = [(self._resolve_one(n), fn) for n, fn in fwd_hooks]
+        for name, fn in added:
+            self._hooks.setdefault(name, []).append(fn)
+        try:
+            yield self
+        finally:
+            for name, fn in reversed(added):
+                fns = self._hooks[name]
+                del fns[len(fns) - 1 - fns[::-1].index(fn)]
+                if not fns:
+                    del self._hooks[name]
+
+    @property
+    def has_hooks(self) -> bool:
+        """True while any scoped hook is attached."""
+        return bool(self._hooks)
+
+    def _resolve_one(self, name) -> str:
+        if callable(name) and not isinstance(name, str):
+            raise InterpError("a hook is attached to one name, not a predicate: give (name, fn) pairs")
+        names = hk.resolve(name, self.cfg.n_layers)
+        if len(names) != 1:
+            raise InterpError(f"hook name {name!r} matches {len(names)} hook points; attach to one name at a time")
+        return names[0]
+
+    def _merged(self, extra: Optional[HookList]) -> dict[str, list]:
+        if not extra:
+            return self._hooks
+        merged = {k: list(v) for k, v in self._hooks.items()}
+        for name, fn in extra:
+            merged.setdefault(self._resolve_one(name), []).append(fn)
+        return merged
+
+    @staticmethod
+    def _fire(hooks: dict, name: str, x: Tensor) -> Tensor:
+        for fn in hooks.get(name, ()):
+            out = fn(x, name)
+            if out is not None:
+                if out.shape != x.shape:
+                    raise InterpError(f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+                x = out
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        inputs: Union[Int[Tensor, "batch pos"], Float[Tensor, "batch pos d_model"], str, Sequence[str], Batch],
+        *,
+        attention_mask: Optional[Bool[Tensor, "batch pos"]] = None,
+        start_at_layer: int = 0,
+        stop_at_layer: Optional[int] = None,
+        hooks: Optional[HookList] = None,
+    ) -> Tensor:
+        """Run blocks ``start_at_layer … stop_at_layer - 1``.
+
+        From layer 0, ``inputs`` are token ids (or prompts, or a Batch); otherwise the residual stream
+        entering ``start_at_layer``. Returns logits ``[batch, pos, d_vocab]`` when
+        the run reaches the end, else the residual stream entering ``stop_at_layer``.
+        ``attention_mask`` (True = real token) handles padding on either side.
+        """
+        cfg, h = self.cfg, self._merged(hooks)
+        stop = cfg.n_layers if stop_at_layer is None else stop_at_layer
+        if not 0 <= start_at_layer <= stop <= cfg.n_layers:
+            raise InterpError(
+                f"layers {start_at_layer}..{stop} out of range: model has {cfg.n_layers} layers; "
+                "need 0 <= start_at_layer <= stop_at_layer <= n_layers"
+            )
+        if start_at_layer == 0:
+            if not isinstance(inputs, Tensor):  # prompts or a Batch
+                batch = self.to_batch(inputs)
+                inputs, attention_mask = batch.tokens, batch.attention_mask
+            batch = from_tokens(inputs, attention_mask, cfg.d_vocab, cfg.n_ctx)
+            positions = batch.position_ids if batch.padded else torch.arange(inputs.shape[-1], device=cfg.device)
+            resid = self._fire(h, "hook_embed", self.W_E[batch.tokens]) + self._fire(
+                h, "hook_pos_embed", self.W_pos[positions].expand(len(batch), -1, -1)
+            )
+            attention_mask = batch.attention_mask
+        else:
+            resid = inputs
+        mask = _attention_mask(attention_mask, resid.shape[1])
+        for layer in range(start_at_layer, stop):
+            resid = self._block(layer, resid, mask, h)
+        return resid if stop < cfg.n_layers else self.unembed(resid, h)
+
+    __call__ = forward
+
+    def _block(self, layer: int, resid: Tensor, mask: Optional[Tensor], h: dict) -> Tensor:
+        """One transformer block. Expensive hook points are computed only when hooked."""
+        cfg, name = self.cfg, (lambda short: hk.LAYER_HOOKS[short].format(layer))
+        B, P = resid.shape[:2]
+        resid = self._fire(h, name("resid_pre"), resid)
+        x = self._fire(h, name("ln1"), _layer_norm(resid, self.ln1_w[layer], self.ln1_b[layer], cfg.eps))
+        qkv = torch.addmm(self._b_qkv[layer], x.reshape(B * P, -1), self._W_qkv[layer]).view(B, P, 3, cfg.n_heads, -1)
+        q = self._fire(h, name("q"), qkv[:, :, 0])
+        k = self._fire(h, name("k"), qkv[:, :, 1])
+        v = self._fire(h, name("v"), qkv[:, :, 2])
+        if name("attn_scores") in h or name("pattern") in h:
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.d_head)
+            scores = scores.masked_fill(~_causal(mask, P, scores.device), torch.finfo(scores.dtype).min)
+            scores = self._fire(h, name("attn_scores"), scores)
+            pattern = self._fire(h, name("pattern"), scores.softmax(-1))
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
+            ).transpose(1, 2)
+        z = self._fire(h, name("z"), z)
+        if name("result") in h:
+            result = self._fire(h, name("result"), torch.einsum("bqhd,hdm->bqhm", z, self.W_O[layer]))
+            attn_out = result.sum(2) + self.b_O[layer]
+        else:
+            attn_out = (z.reshape(B * P, -1) @ self._W_O_flat[layer]).view(B, P, -1) + self.b_O[layer]
+        resid = self._fire(h, name("resid_mid"), resid + self._fire(h, name("attn_out"), attn_out))
+        x = self._fire(h, name("ln2"), _layer_norm(resid, self.ln2_w[layer], self.ln2_b[layer], cfg.eps))
+        pre = self._fire(h, name("mlp_pre"), x @ self.W_in[layer] + self.b_in[layer])
+        post = self._fire(h, name("mlp_post"), self._act(pre))
+        mlp_out = self._fire(h, name("mlp_out"), post @ self.W_out[layer] + self.b_out[layer])
+        return self._fire(h, name("resid_post"), resid + mlp_out)
+
+    def unembed(self, resid: Float[Tensor, "... d_model"], hooks: Optional[dict] = None) -> Float[Tensor, "... d_vocab"]:
+        """Final LayerNorm then unembedding, on any residual-stream tensor (e.g. a few positions)."""
+        x = _layer_norm(resid, self.lnf_w, self.lnf_b, self.cfg.eps)
+        if hooks:
+            x = self._fire(hooks, hk.GLOBAL_HOOKS["ln_final"], x)
+        return x @ self.W_U + self.b_U
+
+    # ------------------------------------------------------------------ run
+    def run(
+        self,
+        inputs: Inputs,
+        names: hk.NameSpec = None,
+        *,
+        hooks: Optional[HookList] = None,
+        stop_at_layer: Optional[int] = None,
+        logits: bool = True,
+        prepend_bos: bool = True,
+        padding_side: str = "right",
+    ) -> tuple[Optional[Tensor], Cache]:
+        """Run the model and keep only the activations named in ``names``.
+
+        Args:
+            inputs: a prompt, a list of prompts (padded, BOS prepended), token ids
+                ``[batch, pos]`` or a :class:`~interp.tokens.Batch`.
+            names: hook points to cache (see :func:`interp.hooks.resolve`); nothing by default.
+            hooks: extra ``(name, fn)`` hooks for this run only.
+            stop_at_layer: stop before this block; logits are then None.
+            logits: if False, stop right after the last block a cached name needs.
+
+        Returns:
+            ``(logits or None, cache)``; ``cache.batch`` holds the tokens and mask.
+
+        >>> from interp.testing import planted_model
+        >>> model = planted_model()
+        >>> logits, cache = model.run("a b c a b c", names=["pattern.0"])
+        >>> tuple(cache["pattern", 0].shape)   # batch, head, query, key (BOS + 6 tokens)
+        (1, 4, 7, 7)
+        """
+        batch = self.to_batch(inputs, prepend_bos=prepend_bos, padding_side=padding_side)
+        wanted = hk.resolve(names, self.cfg.n_layers)
+        if not logits and stop_at_layer is None:
+            stop_at_layer = min(self.cfg.n_layers, max([hk.layer_of(n) + 1 for n in wanted], default=0))
+        if stop_at_layer is not None and not 0 <= stop_at_layer <= self.cfg.n_layers:
+            raise InterpError(f"stop_at_layer {stop_at_layer} out of range: model has {self.cfg.n_layers} layers")
+        store: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, name: str) -> None:
+            store[name] = x.detach()
+
+        out = self.forward(
+            batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer,
+            hooks=[*(hooks or ()), *((n, keep) for n in wanted)],
+        )
+        done = stop_at_layer is None or stop_at_layer == self.cfg.n_layers
+        return (out if done and logits else None), Cache({n: store[n] for n in wanted if n in store}, batch)
+
+    def decompose_resid(self, inputs: Inputs, layer: int, where: str = "pre"):
+        """The residual stream at ``blocks.{layer}.hook_resid_{where}`` as a sum of its writers.
+
+        See :func:`interp.residual.decompose_resid`.
+        """
+        from .residual import decompose_resid
+
+        return decompose_resid(self, inputs, layer, where)
+
+    # ------------------------------------------------------------------ circuits
+    def qk(self, layer: int, head: int) -> FactoredMatrix:
+        """The head's QK circuit ``W_Q W_Kᵀ`` ``[d_model, d_model]``, factored through d_head."""
+        self.check_head(layer, head)
+        return FactoredMatrix(self.W_Q[layer, head], self.W_K[layer, head].T)
+
+    def ov(self, layer: int, head: int) -> FactoredMatrix:
+        """The head's OV circuit ``W_V W_O`` ``[d_model, d_model]``, factored through d_head.
+
+        Row vectors convention (as TransformerLens): a residual vector ``x`` is written as ``x @ W_OV``.
+        """
+        self.check_head(layer, head)
+        return FactoredMatrix(self.W_V[layer, head], self.W_O[layer, head])
+
+    def full_qk(self, layer: int, head: int) -> FactoredMatrix:
+        """``W_E · W_QK · W_Eᵀ`` ``[d_vocab, d_vocab]``: query token × key token, never materialised."""
+        self.check_head(layer, head)
+        return FactoredMatrix(self.W_E @ self.W_Q[layer, head], self.W_K[layer, head].T @ self.W_E.T)
+
+    def full_ov(self, layer: int, head: int) -> FactoredMatrix:
+        """``W_E · W_OV · W_U`` ``[d_vocab, d_vocab]``: token attended to × logit written, never materialised."""
+        self.check_head(layer, head)
+        return FactoredMatrix(self.W_E @ self.W_V[layer, head], self.W_O[layer, head] @ self.W_U)
+
+
+def _layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], w, b, eps)
+
+
+def _activation(name: str):
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise InterpError(f"unsupported activation function {name!r}")
+    return ACT2FN[name]
+
+
+def _attention_mask(attention_mask: Optional[Tensor], n: int) -> Optional[Tensor]:
+    """Boolean ``[batch, 1, q, k]`` mask (True = may attend), or None when nothing is padded.
+
+    A query always may attend to itself: a padding query then never sees an empty
+    row (which would make softmax NaN), and real queries never see padding keys.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    causal = torch.ones(n, n, dtype=torch.bool, device=attention_mask.device).tril()
+    eye = torch.eye(n, dtype=torch.bool, device=attention_mask.device)
+    return (causal & (attention_mask[:, None, None, :] | eye))
+
+
+def _causal(mask: Optional[Tensor], n: int, device) -> Tensor:
+    if mask is not None:
+        return mask
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()

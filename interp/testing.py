@@ -1,0 +1,218 @@
+"""Models built offline, in code: for tests, benchmarks and trying the toolkit without GPT-2's weights.
+
+* :func:`random_gpt2_small` — GPT-2 small's exact shape with random weights: the
+  same compute as the real model, for parity checks and benchmarks.
+* :func:`planted_model` — a 2-layer GPT-2 whose weights are set by hand so that
+  chosen heads provably are a previous-token, self, duplicate-token, BOS and
+  (with the previous-token head) induction head: ground truth for detectors.
+
+The planted recipe
+------------------
+The residual stream holds orthonormal *codes*, all orthogonal to the all-ones
+vector so LayerNorm's centring leaves them alone: a code ``tok[t]`` per token,
+``pos[p]`` per position, ``prev[t]`` and ``out[t]`` per token and one constant
+direction ``const``. The embedding of token t at position p is
+``tok[t] + pos[p] + B·const``; the large constant (B = 8) keeps every position's
+norm nearly equal, so LayerNorm is (to <1 %) a fixed scaling ``s`` that the
+weights divide out. Each planted head's QK circuit gives a score of ``Δ`` (= 12,
+after the 1/√d_head scaling) to the keys its kind looks at and 0 to the others,
+so it puts ≥ 1 − n_ctx·e^-Δ ≈ 0.9998 of its attention there:
+
+* L0H0 previous-token: query ``pos[p]`` · key ``pos[p-1]``; its OV writes the
+  attended token's identity into ``prev`` (so position p holds ``prev[t(p-1)]``).
+* L0H1 self: query ``pos[p]`` · key ``pos[p]``.
+* L0H2 duplicate-token: ``tok[t]`` · ``tok[t]`` minus ``2Δ`` on ``pos[p]`` · ``pos[p]``
+  (an earlier copy scores Δ, the position itself -Δ).
+* L1H0 induction: query ``tok[t]`` · key ``prev[t]``: it attends to the token
+  right after an earlier copy of the current token, and its OV writes that
+  token's ``out`` code, which the unembedding reads: the model predicts the
+  repeat of a repeated sequence.
+* L1H1 BOS: query ``const`` · key ``pos[0]``.
+* L0H3, L1H2, L1H3 are unplanted: random QK, zero OV. MLPs are zero.
+
+Ablating L0H0 empties ``prev``, so L1H0 loses its keys and the repeated half is
+no longer predicted: the circuit the ablation tests look for.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .loading import load
+from .model import HookedGPT2
+
+#: Planted heads of :func:`planted_model` and their kinds.
+PLANTED_HEADS: dict[tuple[int, int], str] = {
+    (0, 0): "previous_token",
+    (0, 1): "self",
+    (0, 2): "duplicate_token",
+    (1, 0): "induction",
+    (1, 1): "bos",
+}
+PLANTED_WORDS = [*"abcdefghijklmnopqrstuvwxyz", "0", "1", "2", "3", "4"]
+
+
+def word_tokenizer(words=PLANTED_WORDS):
+    """A whitespace word-level tokenizer: ``<|endoftext|>`` is id 0, then one id per word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _bpe_tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from pydoc_data.topics import topics
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
+    return tok.to_str()
+
+
+def bpe_tokenizer(vocab_size: int = 2000):
+    """A byte-level BPE tokenizer (GPT-2's kind) trained offline on Python's docs."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_bpe_tokenizer_json(vocab_size)),
+        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+    )
+
+
+def random_gpt2_small_hf(seed: int = 0):
+    """``(GPT2LMHeadModel(GPT2Config()), tokenizer)`` with random weights: GPT-2 small's exact shape.
+
+    LayerNorm gains and biases are randomised too (Hugging Face initialises them
+    to 1 and 0), so tests of LayerNorm folding can fail.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).eval()
+    _jitter_layernorms(model, seed)
+    return model, bpe_tokenizer()
+
+
+def random_gpt2_small(seed: int = 0, fold_ln: bool = True) -> HookedGPT2:
+    """A random-weight model of GPT-2 small's exact shape, loaded as a HookedGPT2."""
+    hf_model, tok = random_gpt2_small_hf(seed)
+    return load(hf_model, tokenizer=tok, fold_ln=fold_ln)
+
+
+def random_gpt2_hf(seed: int = 0, **config):
+    """A small random GPT-2 (default 2 layers × 4 heads, d_model 64, vocab 2000) and a BPE tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    kw = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=2000, attn_implementation="eager")
+    kw.update(config)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**kw)).eval()
+    _jitter_layernorms(model, seed)
+    return model, bpe_tokenizer(min(kw["vocab_size"], 2000))
+
+
+def _jitter_layernorms(model, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def planted_hf_model(seed: int = 0, delta: float = 12.0):
+    """The planted-circuit GPT-2 (see module docs) as ``(GPT2LMHeadModel, tokenizer)``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    V, N, d, H, B = 32, 32, 256, 4, 8.0
+    dh = d // H
+    config = GPT2Config(
+        vocab_size=V, n_positions=N, n_embd=d, n_layer=2, n_head=H, n_inner=d, tie_word_embeddings=False,
+        attn_implementation="eager", bos_token_id=0, eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    # Orthonormal codes orthogonal to the all-ones vector (LayerNorm's centring then does nothing).
+    basis = torch.linalg.qr(torch.cat([torch.ones(d, 1), torch.randn(d, d - 1, generator=g)], 1))[0][:, 1:]
+    tok, pos, prev, out = basis[:, :V].T, basis[:, V : V + N].T, basis[:, V + N : 2 * V + N].T, basis[:, 2 * V + N : 3 * V + N].T
+    const = basis[:, 3 * V + N]
+    s0 = math.sqrt(d / (2 + B**2))  # LayerNorm scale at layer 0: |tok + pos + B·const|² = 2 + B²
+    s1 = math.sqrt(d / (3 + B**2))  # at layer 1 the previous-token head has added a unit vector
+    e = torch.eye(dh)
+    Q, K, Vw = (torch.zeros(2, H, d, dh) for _ in range(3))
+    O = torch.zeros(2, H, dh, d)
+
+    def gain(s: float) -> float:  # q·k/√d_head = Δ when both sides are gain·s·(unit vector)
+        return math.sqrt(delta * math.sqrt(dh)) / s
+
+    a = gain(s0)
+    # L0H0 previous-token: query pos[p] -> e_p, key pos[p] -> e_{p+1}; OV: tok[t] -> prev[t].
+    Q[0, 0] = a * pos.T @ e[:N]
+    K[0, 0, :, 1:N] = a * pos[: N - 1].T
+    Vw[0, 0, :, :V] = tok.T / s0
+    O[0, 0, :V] = prev
+    # L0H1 self: query pos[p] -> e_p, key pos[p] -> e_p.
+    Q[0, 1, :, :N] = a * pos.T
+    K[0, 1, :, :N] = a * pos.T
+    # L0H2 duplicate-token: + Δ on equal tokens, - 2Δ on the position itself.
+    Q[0, 2, :, :V] = a * tok.T
+    K[0, 2, :, :V] = a * tok.T
+    Q[0, 2, :, V : V + N] = math.sqrt(2) * a * pos.T
+    K[0, 2, :, V : V + N] = -math.sqrt(2) * a * pos.T
+    # L1H0 induction: query tok[t] -> e_t, key prev[t] -> e_t; OV: tok[t] -> out[t].
+    a1 = gain(s1)
+    Q[1, 0, :, :V] = a1 * tok.T
+    K[1, 0, :, :V] = a1 * prev.T
+    Vw[1, 0, :, :V] = tok.T / s1
+    O[1, 0, :V] = out
+    # L1H1 BOS: query const -> e_0 (const has norm B), key pos[0] -> e_0.
+    Q[1, 1, :, 0] = a1 / B * const
+    K[1, 1, :, 0] = a1 * pos[0]
+    # Unplanted heads: random QK, zero OV (they look somewhere arbitrary and write nothing).
+    for layer, head in [(0, 3), (1, 2), (1, 3)]:
+        Q[layer, head] = 0.3 * torch.randn(d, dh, generator=g)
+        K[layer, head] = 0.3 * torch.randn(d, dh, generator=g)
+    s_final = math.sqrt(d / (4 + B**2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.wte.weight.copy_(tok)
+        model.transformer.wpe.weight.copy_(pos + B * const)
+        for layer, block in enumerate(model.transformer.h):
+            block.ln_1.weight.fill_(1.0)
+            block.ln_2.weight.fill_(1.0)
+            qkv = [w[layer].permute(1, 0, 2).reshape(d, H * dh) for w in (Q, K, Vw)]
+            block.attn.c_attn.weight.copy_(torch.cat(qkv, 1))
+            block.attn.c_proj.weight.copy_(O[layer].reshape(H * dh, d))
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.lm_head.weight.copy_(10.0 / s_final * out)  # logit gap ≈ 10 for the token the induction head copies
+    return model, word_tokenizer()
+
+
+def planted_model(fold_ln: bool = True) -> HookedGPT2:
+    """The planted-circuit model (see module docs) loaded as a HookedGPT2."""
+    hf_model, tok = planted_hf_model()
+    return load(hf_model, tokenizer=tok, fold_ln=fold_ln)
+
+
+def repeated_tokens(d_vocab: int, n_prompts: int, half: int, seed: int = 0, bos: int = 0) -> torch.Tensor:
+    """``[BOS] + r + r`` for random ``r`` of ``half`` tokens (never BOS), shape ``[n_prompts, 1 + 2·half]``."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(1, d_vocab, (n_prompts, half), generator=g)
+    return torch.cat([torch.full((n_prompts, 1), bos), r, r], 1)
