@@ -52,6 +52,7 @@ class _Evil:
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, small_hf, monkeypatch):
     model, tok = small_hf
     model.config.save_pretrained(tmp_path)
