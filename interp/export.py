@@ -33,10 +33,18 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or keep the old file's).
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: os.PathLike | str, text: str) -> Path:
@@ -105,21 +113,27 @@ def heads_heatmap(
             raise InterpError(f"column {col!r} missing from the table (has {', '.join(df.columns)})")
     L = n_layers or int(df["layer"].max()) + 1
     H = n_heads or int(df["head"].max()) + 1
-    fig, axes = plt.subplots(1, len(columns), figsize=(0.45 * H * len(columns) + 1.5, 0.4 * L + 1.5), squeeze=False)
-    for ax, col in zip(axes[0], columns):
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=((0.45 * H + 1.8) * len(columns), 0.4 * L + 1.5), squeeze=False,
+        gridspec_kw={"wspace": 0.45},
+    )
+    for n, (ax, col) in enumerate(zip(axes[0], columns)):
         grid = np.full((L, H), np.nan)
         grid[df["layer"].to_numpy(int), df["head"].to_numpy(int)] = df[col].to_numpy(float)
         im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_title(col)
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
+        if n == 0:
+            ax.set_ylabel("layer")
         ax.set_xticks(range(H))
         ax.set_yticks(range(L))
         if annotate is not None and L * H <= 400:
             for (i, j), v in np.ndenumerate(grid):
                 if not np.isnan(v):
-                    ax.text(j, i, annotate(v), ha="center", va="center", fontsize=6, color="w")
+                    dark = im.norm(v) < 0.5  # viridis-like maps are dark at the low end
+                    ax.text(j, i, annotate(v), ha="center", va="center", fontsize=6, color="w" if dark else "k")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
-        fig.suptitle(title)
+        # Above the panels' own titles, however short the grid (bbox_inches="tight" keeps it in frame).
+        fig.suptitle(title, y=1.0 + 0.3 / fig.get_figheight())
     return save_figure(fig, path, dpi=150)

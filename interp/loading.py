@@ -6,6 +6,7 @@ Weights are read only from safetensors files, or from a ``pytorch_model.bin`` wi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -153,9 +154,10 @@ def _load_weights(path: Path, config, model_class, dtype):
     pickle = path / "pytorch_model.bin"
     if safetensors.is_file() or index.is_file():
         try:
-            return model_class.from_pretrained(
-                path, config=config, local_files_only=True, use_safetensors=True, dtype=dtype
-            )
+            with _quiet_transformers():
+                return model_class.from_pretrained(
+                    path, config=config, local_files_only=True, use_safetensors=True, dtype=dtype
+                )
         except Exception as e:  # noqa: BLE001
             culprit = safetensors if safetensors.is_file() else index
             raise InterpError(f"cannot load weights from {culprit}: {_one_line(e)}") from None
@@ -178,7 +180,8 @@ def _from_hub(name: str, tokenizer, dtype):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     try:
-        model = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True, attn_implementation="eager", dtype=dtype)
+        with _quiet_transformers():
+            model = GPT2LMHeadModel.from_pretrained(name, use_safetensors=True, attn_implementation="eager", dtype=dtype)
         _check_gpt2(model.config, name)
         tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(name)
     except InterpError:
@@ -240,6 +243,20 @@ def _config(hf_config, name: str, fold_ln: bool, dtype, device) -> ModelConfig:
         dtype=dtype,
         device=device,
     )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No "Loading weights" progress bar for a model that loads in a second."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _one_line(e: Exception) -> str:
