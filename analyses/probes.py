@@ -1,0 +1,210 @@
+"""Inputs for the head detectors: the user's text, and repeated random tokens.
+
+Every function here ends in token sequences (1-D tensors of ids, BOS first by
+default) that :func:`analyses.heads.classify` scores one by one, so prompts of
+different lengths never share padding positions:
+
+* :func:`repeated_tokens` — the standard induction / duplicate-token probe, a
+  random sequence followed by its repeat, seeded and reproducible;
+* :func:`document_chunks` — one long text tokenized once and cut into pieces
+  that fit the context window;
+* :func:`read_prompts` — a text file with one prompt per line;
+* :func:`sequences` — any of the inputs above (or prompts, token ids, a
+  :class:`~interp.tokens.Batch`) normalised and checked.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from interp.errors import InterpError
+from interp.model import HookedGPT2
+from interp.tokens import Batch, from_tokens
+
+#: Probe defaults: 16 prompts of ``[BOS] + r + r`` with ``r`` 50 tokens long (capped by the context window).
+DEFAULT_N_PROMPTS = 16
+DEFAULT_HALF = 50
+
+
+def vocabulary(model: HookedGPT2) -> Int[Tensor, " n_tokens"]:
+    """Ids of the tokenizer's real tokens: inside the model's vocabulary and not special (BOS, EOS, pad…).
+
+    A model may have more embedding rows than its tokenizer has tokens (the
+    offline random GPT-2 small pairs 50257 rows with a 2000-token tokenizer);
+    probes drawn from the rows nobody can type would measure nothing real.
+
+    >>> from interp.testing import planted_model
+    >>> vocabulary(planted_model())[:3].tolist()     # id 0 is <|endoftext|>
+    [1, 2, 3]
+    """
+    tok = model.tokenizer
+    special = set(tok.all_special_ids)
+    ids = sorted({i for i in tok.get_vocab().values() if 0 <= i < model.cfg.d_vocab and i not in special})
+    if len(ids) < 2:
+        raise InterpError(f"the tokenizer has {len(ids)} ordinary tokens inside the model's vocabulary; need at least 2")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def repeated_tokens(
+    model: HookedGPT2, n_prompts: Any = DEFAULT_N_PROMPTS, half: Any = None, *, seed: Any = 0
+) -> Int[Tensor, "batch pos"]:
+    """``[BOS] + r + r`` for ``n_prompts`` random sequences ``r`` of ``half`` tokens.
+
+    Tokens come from :func:`vocabulary` (never BOS or another special token),
+    drawn without replacement within ``r`` when the vocabulary is big enough: then
+    no token of the first half has an earlier copy and every token of the repeat
+    has exactly one, so duplicate-token and induction heads have one unambiguous
+    target each. The same ``seed`` gives the same tokens on every machine.
+
+    Args:
+        model: the model whose tokenizer and context window to use.
+        n_prompts: number of sequences (default 16).
+        half: length of ``r`` (default ``min(50, (n_ctx - 1) // 2)``).
+        seed: seed of the private random generator (the global one is untouched).
+
+    >>> from interp.testing import planted_model
+    >>> toks = repeated_tokens(planted_model(), 2, 5, seed=1)
+    >>> tuple(toks.shape), bool((toks[:, 1:6] == toks[:, 6:]).all()), toks[:, 0].tolist()
+    ((2, 11), True, [0, 0])
+    """
+    n_ctx = model.cfg.n_ctx
+    n_prompts = _positive_int(n_prompts, "n_prompts")
+    if half is None:
+        half = min(DEFAULT_HALF, (n_ctx - 1) // 2)
+    half = _positive_int(half, "half")
+    if 1 + 2 * half > n_ctx:
+        raise InterpError(
+            f"half {half} too long: [BOS] + 2 × {half} = {1 + 2 * half} tokens exceeds the context window of {n_ctx} "
+            f"(largest half: {(n_ctx - 1) // 2})"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InterpError(f"seed must be an integer, not {seed!r}")
+    vocab = vocabulary(model)
+    g = torch.Generator().manual_seed(seed)
+    if half <= len(vocab):
+        rows = torch.stack([torch.randperm(len(vocab), generator=g)[:half] for _ in range(n_prompts)])
+    else:
+        rows = torch.randint(0, len(vocab), (n_prompts, half), generator=g)
+    r = vocab[rows]
+    bos = torch.full((n_prompts, 1), _bos_id(model), dtype=torch.long)
+    return torch.cat([bos, r, r], 1).to(model.cfg.device)
+
+
+def document_chunks(model: HookedGPT2, text: Any, *, prepend_bos: bool = True) -> list[Tensor]:
+    """Tokenize a whole document once and cut it into pieces that fit the context window.
+
+    Each piece gets its own BOS (by default) and ``n_ctx - 1`` tokens of text; a
+    last piece shorter than 2 tokens is dropped. Tokenizing once (rather than line
+    by line) keeps every token as the model would see it in the running text.
+
+    >>> from interp.testing import planted_model
+    >>> chunks = document_chunks(planted_model(), " ".join(["a", "b", "c"] * 20))   # 60 words, n_ctx 32
+    >>> [len(c) for c in chunks]
+    [32, 30]
+    """
+    if not isinstance(text, str):
+        raise InterpError(f"document must be a string, not {type(text).__name__}")
+    ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    width = model.cfg.n_ctx - int(prepend_bos)
+    pieces = [ids[i : i + width] for i in range(0, len(ids), width)]
+    pieces = [p for p in pieces if len(p) >= 2]
+    if not pieces:
+        raise InterpError(f"document has {len(ids)} token(s); head scores need at least 2")
+    bos = [_bos_id(model)] if prepend_bos else []
+    return [torch.tensor(bos + p, dtype=torch.long, device=model.cfg.device) for p in pieces]
+
+
+def read_prompts(path: Any) -> list[str]:
+    """Prompts from a text file, one per line; blank lines are skipped."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InterpError(f"prompts file {path} does not exist")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        prompts = [line.rstrip("\r\n") for line in f]
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise InterpError(f"prompts file {path} has no prompts (one per line expected)")
+    return prompts
+
+
+def sequences(model: HookedGPT2, inputs: Any = None, *, prepend_bos: bool = True) -> list[Tensor]:
+    """Normalise any input the head detectors accept into checked 1-D token sequences.
+
+    ``inputs`` may be None (the default probe, :func:`repeated_tokens`), a prompt,
+    a list of prompts and/or 1-D token tensors (e.g. :func:`document_chunks`),
+    token ids ``[batch, pos]`` or ``[pos]``, or a :class:`~interp.tokens.Batch`
+    (padding on either side is removed). Strings get BOS unless ``prepend_bos``
+    is False; token ids are taken as they are.
+
+    Every sequence must fit the context window and have at least two tokens of
+    its own besides a leading BOS: with one, the only scored query's previous
+    token *is* BOS, so previous-token and BOS attention cannot be told apart.
+    """
+    if inputs is None:
+        seqs = list(repeated_tokens(model))
+    elif isinstance(inputs, str):
+        seqs = _rows(model.tokenize(inputs, prepend_bos=prepend_bos))
+    elif isinstance(inputs, Batch):
+        seqs = _rows(model.to_batch(inputs))
+    elif isinstance(inputs, Tensor):
+        seqs = _rows(from_tokens(inputs.to(model.cfg.device), None, model.cfg.d_vocab, model.cfg.n_ctx))
+    elif isinstance(inputs, (list, tuple)):
+        if not inputs:
+            raise InterpError("no prompts given: pass a string, a non-empty list of strings, or token ids")
+        if all(isinstance(x, str) for x in inputs):
+            seqs = _rows(model.tokenize(list(inputs), prepend_bos=prepend_bos))
+        else:
+            seqs = [_one(model, x, i, prepend_bos) for i, x in enumerate(inputs)]
+    else:
+        raise InterpError(
+            f"cannot score heads on a {type(inputs).__name__}: give a prompt, a list of prompts, token ids or a Batch"
+        )
+    bos = _bos_id(model)
+    for i, s in enumerate(seqs):
+        own = len(s) - int(bool(s[0] == bos))
+        if own < 2:
+            raise InterpError(
+                f"prompt {i} has {own} token(s) besides BOS; head scores need at least 2 "
+                "(with one, its previous token is BOS and previous-token and BOS heads look alike)"
+            )
+    return seqs
+
+
+def _one(model: HookedGPT2, x: Any, i: int, prepend_bos: bool) -> Tensor:
+    if isinstance(x, str):
+        try:
+            return _rows(model.tokenize(x, prepend_bos=prepend_bos))[0]
+        except InterpError as e:
+            raise InterpError(f"prompt {i}: {e}") from None
+    if isinstance(x, Tensor) and x.ndim == 1:
+        try:
+            return from_tokens(x.to(model.cfg.device), None, model.cfg.d_vocab, model.cfg.n_ctx).tokens[0]
+        except InterpError as e:
+            raise InterpError(f"prompt {i}: {e}") from None
+    raise InterpError(f"prompt {i} is a {type(x).__name__}; a list of prompts holds strings or 1-D token tensors")
+
+
+def _rows(batch: Batch) -> list[Tensor]:
+    return [t[m] for t, m in zip(batch.tokens, batch.attention_mask)]
+
+
+def _bos_id(model: HookedGPT2) -> int:
+    tok = model.tokenizer
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if bos is None:
+        raise InterpError("the tokenizer has no BOS (or EOS) token to start probes with")
+    return int(bos)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InterpError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+__all__ = ["vocabulary", "repeated_tokens", "document_chunks", "read_prompts", "sequences"]
