@@ -5,11 +5,12 @@
 ['Batch', 'Cache', 'HookedGPT2']
 """
 
+from .ablation import ablate
 from .cache import Cache
 from .errors import InterpError
 from .loading import load
 from .model import HookedGPT2
 from .tokens import Batch
 
-__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError"]
+__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate"]
 __version__ = "0.1.0"

@@ -219,13 +219,18 @@ class HookedGPT2:
         start_at_layer: int = 0,
         stop_at_layer: Optional[int] = None,
         hooks: Optional[HookList] = None,
+        start_at_mid: bool = False,
+        unembed: bool = True,
     ) -> Tensor:
         """Run blocks ``start_at_layer … stop_at_layer - 1``.
 
         From layer 0, ``inputs`` are token ids (or prompts, or a Batch); otherwise the residual stream
         entering ``start_at_layer``. Returns logits ``[batch, pos, d_vocab]`` when
-        the run reaches the end, else the residual stream entering ``stop_at_layer``.
-        ``attention_mask`` (True = real token) handles padding on either side.
+        the run reaches the end (and ``unembed`` is True), else the residual stream entering
+        ``stop_at_layer`` (the final residual stream if the run reaches the end). ``attention_mask`` (True = real token) handles padding on either side.
+        With ``start_at_mid=True`` the inputs are the residual stream at
+        ``blocks.{start_at_layer}.hook_resid_mid`` and the run starts at that block's MLP:
+        an edit to one layer's attention output then costs no recomputation of the attention.
         """
         cfg, h = self.cfg, self._merged(hooks)
         stop = cfg.n_layers if stop_at_layer is None else stop_at_layer
@@ -234,7 +239,9 @@ class HookedGPT2:
                 f"layers {start_at_layer}..{stop} out of range: model has {cfg.n_layers} layers; "
                 "need 0 <= start_at_layer <= stop_at_layer <= n_layers"
             )
-        if start_at_layer == 0:
+        if start_at_mid and start_at_layer == stop:
+            raise InterpError(f"start_at_mid resumes inside block {start_at_layer}: stop_at_layer must be after it")
+        if start_at_layer == 0 and not start_at_mid:
             if not isinstance(inputs, Tensor):  # prompts or a Batch
                 batch = self.to_batch(inputs)
                 inputs, attention_mask = batch.tokens, batch.attention_mask
@@ -248,13 +255,15 @@ class HookedGPT2:
             resid = inputs
         mask = _attention_mask(attention_mask, resid.shape[1])
         for layer in range(start_at_layer, stop):
-            resid = self._block(layer, resid, mask, h)
-        return resid if stop < cfg.n_layers else self.unembed(resid, h)
+            if not (start_at_mid and layer == start_at_layer):
+                resid = self._attention(layer, resid, mask, h)
+            resid = self._mlp(layer, resid, h)
+        return self.unembed(resid, h) if stop == cfg.n_layers and unembed else resid
 
     __call__ = forward
 
-    def _block(self, layer: int, resid: Tensor, mask: Optional[Tensor], h: dict) -> Tensor:
-        """One transformer block. Expensive hook points are computed only when hooked."""
+    def _attention(self, layer: int, resid: Tensor, mask: Optional[Tensor], h: dict) -> Tensor:
+        """A block's first half, resid_pre -> resid_mid. Expensive hook points are computed only when hooked."""
         cfg, name = self.cfg, (lambda short: hk.LAYER_HOOKS[short].format(layer))
         B, P = resid.shape[:2]
         resid = self._fire(h, name("resid_pre"), resid)
@@ -279,7 +288,12 @@ class HookedGPT2:
             attn_out = result.sum(2) + self.b_O[layer]
         else:
             attn_out = (z.reshape(B * P, -1) @ self._W_O_flat[layer]).view(B, P, -1) + self.b_O[layer]
-        resid = self._fire(h, name("resid_mid"), resid + self._fire(h, name("attn_out"), attn_out))
+        return resid + self._fire(h, name("attn_out"), attn_out)
+
+    def _mlp(self, layer: int, resid: Tensor, h: dict) -> Tensor:
+        """A block's second half, resid_mid -> resid_post (where a run resumed with start_at_mid begins)."""
+        cfg, name = self.cfg, (lambda short: hk.LAYER_HOOKS[short].format(layer))
+        resid = self._fire(h, name("resid_mid"), resid)
         x = self._fire(h, name("ln2"), _layer_norm(resid, self.ln2_w[layer], self.ln2_b[layer], cfg.eps))
         pre = self._fire(h, name("mlp_pre"), x @ self.W_in[layer] + self.b_in[layer])
         post = self._fire(h, name("mlp_post"), self._act(pre))
@@ -335,9 +349,11 @@ class HookedGPT2:
         def keep(x: Tensor, name: str) -> None:
             store[name] = x.detach()
 
+        # Unembedding every position is a third of GPT-2 small's forward: skip it unless needed.
+        unembed = logits or hk.GLOBAL_HOOKS["ln_final"] in wanted
         out = self.forward(
             batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer,
-            hooks=[*(hooks or ()), *((n, keep) for n in wanted)],
+            hooks=[*(hooks or ()), *((n, keep) for n in wanted)], unembed=unembed,
         )
         done = stop_at_layer is None or stop_at_layer == self.cfg.n_layers
         return (out if done and logits else None), Cache({n: store[n] for n in wanted if n in store}, batch)

@@ -109,6 +109,16 @@ def test_partial_run_does_not_run_later_layers(small_raw):
     assert cache["pattern", 0].shape[1] == small_raw.cfg.n_heads
 
 
+def test_logits_false_skips_the_unembedding(small_raw, monkeypatch):
+    calls = []
+    original = type(small_raw).unembed
+    monkeypatch.setattr(type(small_raw), "unembed", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    logits, cache = small_raw.run("hello there", names=["resid_post.1"], logits=False)
+    assert logits is None and calls == [] and "blocks.1.hook_resid_post" in cache
+    final = small_raw.forward(small_raw.tokenize("hello there").tokens, unembed=False)
+    assert torch.allclose(final, cache["resid_post", 1])
+
+
 def test_hooks_can_edit_and_are_removed_after_an_exception(small_raw):
     tokens = small_raw.tokenize("some text").tokens
     clean = small_raw(tokens)
