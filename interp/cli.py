@@ -273,17 +273,9 @@ def _heads_ints(text: str) -> list[int]:
 
 def _heads_positions(text: str):
     """'1:' / '-10:' (a slice) or '5,6,-1' (indices) -> what analyses.heads.classify takes."""
-    try:
-        if ":" in text:
-            parts = [int(p) if p.strip() else None for p in text.split(":")]
-            if len(parts) > 3:
-                raise ValueError
-            return slice(*parts)
-        return [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid positions {text!r}: use a slice such as '16:' or '-10:', or indices such as '5,6,-1'"
-        ) from None
+    if text.strip() == "all":
+        raise argparse.ArgumentTypeError("invalid positions 'all': omit --positions to score every position")
+    return _positions_arg(text)
 
 
 def _add_heads(sub) -> None:
