@@ -165,7 +165,9 @@ def pinv_unembedding(model: HookedGPT2) -> Float[Tensor, "d_model d_vocab"]:
     True
     """
     W_E = model.W_E
-    key = (W_E.data_ptr(), W_E._version, W_E.dtype, W_E.device)
+    # An inference-mode tensor has no version counter (and cannot be modified in place anyway).
+    version = None if W_E.is_inference() else W_E._version
+    key = (W_E.data_ptr(), version, W_E.dtype, W_E.device)
     hit = _PINV_CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]

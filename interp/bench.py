@@ -90,7 +90,10 @@ class Context:
         from .loading import load
 
         hf_model, tok = self.hf_and_tokenizer
-        return load(hf_model, tokenizer=tok, fold_ln=True)
+        # Built outside inference mode even when first asked for inside it: inference
+        # tensors as weights would break analyses that track tensor versions.
+        with torch.inference_mode(False):
+            return load(hf_model, tokenizer=tok, fold_ln=True)
 
     def tokens(self, n_prompts: Optional[int] = None, n_pos: Optional[int] = None, seed: int = 0) -> torch.Tensor:
         """Random token ids ``[n_prompts, n_pos]`` with BOS first."""
