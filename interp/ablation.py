@@ -374,29 +374,9 @@ def ablate(model: HookedGPT2, heads: Any, method: Any = "zero", *, reference: An
 
 
 # ---------------------------------------------------------------------------- scans
-class _Halt(Exception):
-    """Raised by a hook to end a forward pass once the last block's output is known."""
-
-    def __init__(self, resid: Tensor):
-        self.resid = resid
-
-
 def _final_resid(model: HookedGPT2, inputs: Tensor, hooks: list, **kwargs) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream after the last block, without unembedding every position.
-
-    ``forward`` unembeds every position when it reaches the end; a metric that reads
-    a few positions should unembed only those, so a hook on the last block's output
-    ends the pass there.
-    """
-
-    def halt(x: Tensor, name: str) -> None:
-        raise _Halt(x)
-
-    try:
-        model.forward(inputs, hooks=[*hooks, (hk.name("resid_post", model.cfg.n_layers - 1), halt)], **kwargs)
-    except _Halt as stop:
-        return stop.resid
-    raise AssertionError("the last block's hook did not fire")
+    """The residual stream after the last block: the metric then unembeds only the positions it reads."""
+    return model.forward(inputs, hooks=hooks, unembed=False, **kwargs)
 
 
 def _variants(model: HookedGPT2, heads: Any, by: Any, variants: Any) -> list[tuple[str, list[Head]]]:
