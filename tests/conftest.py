@@ -47,6 +47,16 @@ def gpt2_small_hf():
     return testing.random_gpt2_small_hf(seed=0)
 
 
+@pytest.fixture(scope="session")
+def planted_dir(tmp_path_factory):
+    """The planted model saved as a local Hugging Face directory, for CLI tests (``--model DIR``)."""
+    d = tmp_path_factory.mktemp("planted")
+    hf, tok = testing.planted_hf_model()
+    hf.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():

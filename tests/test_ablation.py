@@ -398,15 +398,6 @@ def test_parse_heads_and_text_batch(planted):
 
 
 # ---------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("planted")
-    hf, tok = testing.planted_hf_model()
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_cli_ablate_heads_prints_each_and_together(planted_dir, capsys):
     from interp.cli import main
 

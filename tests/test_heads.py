@@ -261,15 +261,6 @@ def test_bad_probe_sizes(planted):
 
 
 # ---------------------------------------------------------------------------- the command
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("planted")
-    hf, tok = testing.planted_hf_model()
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_cli_default_probe_ranked_table_and_files(planted_dir, tmp_path, capsys):
     csv, png = tmp_path / "heads.csv", tmp_path / "heads.png"
     assert main(["heads", "--model", planted_dir, "--out", str(csv), "--png", str(png), "--no-progress"]) == 0

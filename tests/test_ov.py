@@ -333,15 +333,6 @@ def test_gpt2_small_shape_all_heads_within_memory_and_exact(gpt2_small_hf):
 
 
 # ---------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("planted")
-    hf, tok = testing.planted_hf_model()
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def test_cli_table_files_and_figures(planted_dir, tmp_path, capsys):
     out, png = tmp_path / "ov.csv", tmp_path / "copying.png"
     assert main(["ov", "--model", str(planted_dir), "--out", str(out), "--png", str(png)]) == 0
