@@ -83,6 +83,7 @@ CSV_COLUMNS = (
     "ind_best",
     "ind_head",
     "prev_text_best",
+    "mark_loss",
     "elapsed_s",
 )
 
@@ -92,7 +93,7 @@ class Recipe:
     """Every hyperparameter of a run; a checkpoint is only resumed under the same recipe."""
 
     seed: int = 0
-    steps: int = 7000
+    steps: int = 16000
     # Model shape: attention-heavy (many small heads, MLP only 2x d_model) because
     # the point of the model is its attention heads, not its text loss.
     n_layer: int = 2
@@ -114,11 +115,13 @@ class Recipe:
     # ramps linearly over `ramp_steps` until synthetic rows are `final_synthetic_frac`.
     synthetic_only_steps: int = 3500
     ramp_steps: int = 1000
-    final_synthetic_frac: float = 0.5
-    # Among synthetic rows, this share is *reverse* and the rest *repeat*.
-    reverse_frac: float = 0.2
+    final_synthetic_frac: float = 0.4
+    # Among synthetic rows, this share is *mark* (``x m x m ...``, m = "seen before?"),
+    mark_frac: float = 0.25
+    # ... this share is *reverse* (``r reversed(r)``; never learned, off by default),
+    reverse_frac: float = 0.0
     # ... this share is *skip* (``a b a c d c ...``), and the rest *repeat*.
-    skip_frac: float = 0.2
+    skip_frac: float = 0.25
     # Random span tokens are first drawn from ids [1, syn_vocab_start) and the range
     # grows linearly to the whole vocabulary over syn_vocab_ramp steps: with 4096
     # tokens each embedding is seen too rarely for copying to get started.
@@ -277,6 +280,45 @@ def skip_row(g: torch.Generator, n_ctx: int, vocab: int, p: float = 0.35) -> Int
     return torch.cat([torch.zeros(1, dtype=torch.long), x])
 
 
+def mark_row(
+    g: torch.Generator, n_ctx: int, vocab: int, markers: tuple[int, int]
+) -> Int[Tensor, " pos"]:
+    """``[BOS] x1 m1 x2 m2 ...`` where ``m_t`` says whether ``x_t`` occurred earlier in the row.
+
+    ``m_t`` is ``markers[1]`` ("seen") if ``x_t`` is a copy of an earlier item, else
+    ``markers[0]`` ("new"). Predicting it after ``x_t`` is a one-layer task for a head
+    that attends from a token to its earlier copies (and to ``[BOS]`` when there
+    are none): a direct reward for duplicate-token heads, as *skip* rows are for
+    previous-token heads. The items are drawn from a random pool of 0.5 to 1.5
+    times the number of items, so about half of them are repeats.
+    """
+    n_items = n_ctx // 2
+    pool_size = int(torch.randint(n_items // 2, 3 * n_items // 2 + 1, (1,), generator=g))
+    pool = torch.randint(1, vocab, (pool_size,), generator=g)
+    # The markers are never items (shifted past them; both are byte tokens < 256).
+    pool = torch.where((pool == markers[0]) | (pool == markers[1]), pool + 2, pool)
+    x = pool[torch.randint(0, pool_size, (n_items,), generator=g)]
+    seen: set[int] = set()
+    m = torch.empty_like(x)
+    for t, v in enumerate(x.tolist()):
+        m[t] = markers[1] if v in seen else markers[0]
+        seen.add(v)
+    body = torch.stack([x, m], dim=1).flatten()
+    return torch.cat([torch.zeros(1, dtype=torch.long), body])[:n_ctx]
+
+
+def marker_ids(tok) -> tuple[int, int]:
+    """Ids of the byte tokens ``\\x01`` ("new") and ``\\x02`` ("seen"): bytes no document contains."""
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    ids = []
+    for b in (1, 2):
+        (piece, _), = byte_level.pre_tokenize_str(chr(b))
+        ids.append(tok.token_to_id(piece))
+    return ids[0], ids[1]
+
+
 def text_row(g: torch.Generator, stream: Int[Tensor, " n_tokens"], n_ctx: int) -> Int[Tensor, " pos"]:
     """``[BOS]`` followed by a random window of the token stream."""
     start = int(torch.randint(0, len(stream) - n_ctx, (1,), generator=g))
@@ -297,7 +339,9 @@ def syn_vocab(r: Recipe, step: int) -> int:
     return int(r.syn_vocab_start + t * (r.vocab_size - r.syn_vocab_start))
 
 
-def make_batch(r: Recipe, step: int, stream: Int[Tensor, " n_tokens"]) -> Int[Tensor, "batch pos"]:
+def make_batch(
+    r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, int]
+) -> Int[Tensor, "batch pos"]:
     """The training batch for ``step``: a pure function of ``(r.seed, step)``.
 
     Deriving each batch from its own generator (instead of one long-lived RNG)
@@ -305,14 +349,17 @@ def make_batch(r: Recipe, step: int, stream: Int[Tensor, " n_tokens"]) -> Int[Te
     """
     g = torch.Generator().manual_seed(r.seed * 1_000_003 + step)
     n_syn = round(r.batch_size * synthetic_frac(r, step))
+    n_mark = round(n_syn * r.mark_frac)
     n_rev = round(n_syn * r.reverse_frac)
     n_skip = round(n_syn * r.skip_frac)
     vocab = syn_vocab(r, step)
     rows = []
     for i in range(r.batch_size):
-        if i < n_rev:
+        if i < n_mark:
+            rows.append(mark_row(g, r.n_ctx, vocab, markers))
+        elif i < n_mark + n_rev:
             rows.append(reverse_row(g, r.n_ctx, vocab, r.min_span, r.max_span))
-        elif i < n_rev + n_skip:
+        elif i < n_mark + n_rev + n_skip:
             rows.append(skip_row(g, r.n_ctx, vocab))
         elif i < n_syn:
             rows.append(repeat_row(g, r.n_ctx, vocab, r.min_span, r.max_span))
@@ -393,6 +440,20 @@ def token_losses(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batc
     ).view(tokens.shape[0], -1)
 
 
+def train_step(
+    model, opt, r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, int]
+) -> float:
+    """One optimizer step on ``make_batch(r, step, ...)``; returns the batch's mean loss."""
+    for grp in opt.param_groups:
+        grp["lr"] = lr_at(r, step)
+    loss = token_losses(model, make_batch(r, step, stream, markers)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+    opt.step()
+    return float(loss.detach())
+
+
 # --------------------------------------------------------------------------- monitor
 
 
@@ -428,10 +489,24 @@ def best(score: Float[Tensor, "n_layers n_heads"]) -> tuple[float, str]:
     return float(score.flatten()[i]), f"{i // score.shape[1]}.{i % score.shape[1]}"
 
 
+def mark_probe(r: Recipe, markers: tuple[int, int], n: int = 64) -> Int[Tensor, "batch pos"]:
+    """Fixed *mark* rows over the whole vocabulary, independent of the training stream."""
+    g = torch.Generator().manual_seed(20_000_003 + r.seed)
+    return torch.stack([mark_row(g, r.n_ctx, r.vocab_size, markers) for _ in range(n)])
+
+
 @torch.no_grad()
-def evaluate(model, r: Recipe, heldout: Int[Tensor, "batch pos"], probe: Int[Tensor, "batch pos"]) -> dict:
-    """Held-out text loss, first/repeated-half loss on the probe, and best head scores."""
+def evaluate(
+    model,
+    r: Recipe,
+    heldout: Int[Tensor, "batch pos"],
+    probe: Int[Tensor, "batch pos"],
+    marks: Int[Tensor, "batch pos"],
+) -> dict:
+    """Held-out text loss, first/repeated-half loss on the probe, marker loss, best head scores."""
     model.eval()
+    # Markers sit at even positions 2, 4, ...; they are predicted from odd positions.
+    mark_loss = float(token_losses(model, marks)[:, 1::2].mean())
     out = model(heldout, output_attentions=True)
     logits = out.logits[:, :-1]
     heldout_loss = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), heldout[:, 1:].reshape(-1)))
@@ -452,7 +527,12 @@ def evaluate(model, r: Recipe, heldout: Int[Tensor, "batch pos"], probe: Int[Ten
     second = float(losses[:, s + 1 :].mean())
     sc = head_scores(out.attentions, s)
     model.train()
-    res = {"heldout_loss": heldout_loss, "rep_first_loss": first, "rep_second_loss": second}
+    res = {
+        "heldout_loss": heldout_loss,
+        "rep_first_loss": first,
+        "rep_second_loss": second,
+        "mark_loss": mark_loss,
+    }
     for k in ("prev", "dup", "ind"):
         res[f"{k}_best"], res[f"{k}_head"] = best(sc[k])
     res["prev_text_best"], _ = best(prev_text)
@@ -504,6 +584,23 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path, model, opt, r: Recipe) -> dict:
+    """Restore model, optimizer and RNG from ``path``; refuse a checkpoint of another recipe.
+
+    Returns:
+        The checkpoint's plain values (``step``, ``elapsed_s``, ``loss_sum``, ``loss_n``).
+    """
+    ck = torch.load(path, weights_only=True)
+    saved = Recipe.from_dict(ck["recipe"])
+    if saved != r:
+        diff = {k: (v, getattr(r, k)) for k, v in dataclasses.asdict(saved).items() if v != getattr(r, k)}
+        raise SystemExit(f"--resume: recipe differs from checkpoint (saved, given): {diff}")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["torch_rng"])
+    return {k: ck[k] for k in ("step", "elapsed_s", "loss_sum", "loss_n")}
+
+
 def read_csv_rows(path: Path, upto_step: int) -> list[str]:
     """Rows of an existing curve CSV with ``step <= upto_step`` (so a resumed log has no duplicates)."""
     if not path.exists():
@@ -535,7 +632,8 @@ RECIPE_HELP = {
     "synthetic_only_steps": "curriculum: steps trained on synthetic copying sequences only",
     "ramp_steps": "curriculum: steps over which text is then mixed in",
     "final_synthetic_frac": "curriculum: share of synthetic rows after the ramp",
-    "reverse_frac": "share of synthetic rows that are r + reversed(r) (duplicate-token reward)",
+    "mark_frac": "share of synthetic rows x1 m1 x2 m2 ... with m = 'x seen before?' (duplicate-token reward)",
+    "reverse_frac": "share of synthetic rows that are r + reversed(r)",
     "skip_frac": "share of synthetic rows with random x[t] = x[t-2] (previous-token reward)",
     "syn_vocab_start": "random tokens are first drawn from ids [1, this)",
     "syn_vocab_ramp": "steps over which that range grows to the whole vocabulary",
@@ -636,6 +734,8 @@ def main(argv: list[str] | None = None) -> None:
     chunks = held_stream[: n_eval * (recipe.n_ctx - 1)].view(n_eval, recipe.n_ctx - 1)
     heldout = torch.cat([torch.zeros(n_eval, 1, dtype=torch.long), chunks], dim=1)
     probe = monitor_batch(recipe)
+    markers = marker_ids(tok)
+    marks = mark_probe(recipe, markers)
 
     model = build_model(recipe)
     opt = make_optimizer(model, recipe)
@@ -643,18 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     resumed_loss = (0.0, 0)
     rows: list[str] = []
     if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)
-        saved = Recipe.from_dict(ck["recipe"])
-        if saved != recipe:
-            diff = {
-                k: (v, getattr(recipe, k))
-                for k, v in dataclasses.asdict(saved).items()
-                if v != getattr(recipe, k)
-            }
-            raise SystemExit(f"--resume: recipe differs from checkpoint (saved, given): {diff}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["torch_rng"])
+        ck = load_checkpoint(ckpt_path, model, opt, recipe)
         start_step, prev_elapsed = ck["step"], ck["elapsed_s"]
         resumed_loss = (ck["loss_sum"], ck["loss_n"])
         rows = read_csv_rows(csv_path, start_step)
@@ -671,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(step: int) -> None:
         nonlocal last_eval, loss_acc, loss_n
-        ev = evaluate(model, recipe, heldout, probe)
+        ev = evaluate(model, recipe, heldout, probe, marks)
         last_eval = ev
         row = {
             "step": step,
@@ -690,6 +779,7 @@ def main(argv: list[str] | None = None) -> None:
             f"rep {ev['rep_first_loss']:.2f}/{ev['rep_second_loss']:.2f} "
             f"prev {ev['prev_best']:.2f}@{ev['prev_head']} dup {ev['dup_best']:.2f}@{ev['dup_head']} "
             f"ind {ev['ind_best']:.2f}@{ev['ind_head']} prevtext {ev['prev_text_best']:.2f} "
+            f"mark {ev['mark_loss']:.2f} "
             f"t {row['elapsed_s']:.0f}s",
             flush=True,
         )
@@ -700,15 +790,7 @@ def main(argv: list[str] | None = None) -> None:
     step = start_step
     stop_at = recipe.steps if args.stop_after is None else min(recipe.steps, start_step + args.stop_after)
     while step < stop_at:
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(recipe, step)
-        batch = make_batch(recipe, step, train_stream)
-        loss = token_losses(model, batch).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        loss_acc += float(loss.detach())
+        loss_acc += train_step(model, opt, recipe, step, train_stream, markers)
         loss_n += 1
         step += 1
         if step % recipe.eval_every == 0 or step == recipe.steps:
@@ -723,7 +805,7 @@ def main(argv: list[str] | None = None) -> None:
 
     wall = prev_elapsed + time.time() - t_start
     if not last_eval:
-        last_eval = evaluate(model, recipe, heldout, probe)
+        last_eval = evaluate(model, recipe, heldout, probe, marks)
     export(model, tok, recipe, out, wall, last_eval, train_stream, held_stream, len(train_docs), len(held_docs))
 
 
