@@ -20,25 +20,33 @@ give a tiny model too little reason to form copying circuits:
   previous-token heads composed with induction heads;
 * *skip*: random tokens where, at random positions, ``x[t] = x[t-2]`` -- a
   direct one-layer reward for previous-token heads;
-* *reverse*: ``[BOS] r reversed(r) ...`` -- predicting ``r[i-1]`` after ``r[i]``
-  needs a head that attends to the earlier copy of the current token (a
-  duplicate-token head) and reads what a previous-token head wrote there.
-  (In the shipped run this did not produce a duplicate-token head; see
-  ``bundled/interp-tiny/MODEL_CARD.md``.)
+* *reverse*: ``[BOS] r reversed(r) ...`` -- predicting ``r[i-1]`` after ``r[i]``;
+  the model learns it with a layer-0 head attending two tokens back, read by the
+  induction heads;
+* *mark*: ``[BOS] x1 m1 x2 m2 ...``, ``m`` = "was ``x`` seen before?" (off in the
+  shipped recipe: the induction heads solve it, so it grows no duplicate-token head).
 
-Training begins with synthetic sequences only (a curriculum: induction forms
-without text competing for capacity; the phase change shows as a sudden drop
-of the loss on the repeated half of the probe) and then mixes text in. The
-defaults of the flags are the recipe of the shipped model.
+The shipped model is trained in two stages (the defaults of the flags are stage 1):
+
+1. from scratch, synthetic sequences only at first (a curriculum: induction forms
+   without text competing for capacity; the phase change shows as a sudden drop of
+   the loss on the repeated half of the probe), then half text;
+2. ``--init-from`` stage 1's output: half text, half synthetic with more *reverse*
+   rows, the random-token range ramped up again. Text loss falls far below a unigram
+   model's and the previous-token and induction heads sharpen.
 
 Every batch is a pure function of ``(seed, step)``, so a run is deterministic
 for a given seed and thread count, and resuming from a checkpoint gives the
 same result as not stopping. Checkpoints hold only tensors and plain Python
 values and load with ``torch.load(weights_only=True)``.
 
-Example:
+Example (the shipped model):
+    python -m interp.train_bundled --out /tmp/interp-tiny-stage1 \\
+        --ckpt-dir /tmp/interp-tiny-ckpt1 --seed 0
     python -m interp.train_bundled --out interp/bundled/interp-tiny \\
-        --ckpt-dir /tmp/interp-tiny-ckpt --seed 0
+        --ckpt-dir /tmp/interp-tiny-ckpt2 --seed 0 --init-from /tmp/interp-tiny-stage1 \\
+        --steps 9000 --synthetic-only-steps 0 --ramp-steps 1 --reverse-frac 0.4 \\
+        --syn-vocab-ramp 3000
 """
 
 from __future__ import annotations
@@ -93,7 +101,10 @@ class Recipe:
     """Every hyperparameter of a run; a checkpoint is only resumed under the same recipe."""
 
     seed: int = 0
-    steps: int = 16000
+    steps: int = 7000
+    # A model directory written by an earlier run: start from its weights and tokenizer
+    # (a second stage) instead of a random initialisation and a new tokenizer.
+    init_from: str = ""
     # Model shape: attention-heavy (many small heads, MLP only 2x d_model) because
     # the point of the model is its attention heads, not its text loss.
     n_layer: int = 2
@@ -115,13 +126,14 @@ class Recipe:
     # ramps linearly over `ramp_steps` until synthetic rows are `final_synthetic_frac`.
     synthetic_only_steps: int = 3500
     ramp_steps: int = 1000
-    final_synthetic_frac: float = 0.4
-    # Among synthetic rows, this share is *mark* (``x m x m ...``, m = "seen before?"),
-    mark_frac: float = 0.25
-    # ... this share is *reverse* (``r reversed(r)``; never learned, off by default),
-    reverse_frac: float = 0.0
+    final_synthetic_frac: float = 0.5
+    # Among synthetic rows, this share is *mark* (``x m x m ...``, m = "seen before?"; meant
+    # to reward duplicate-token heads, but induction heads solve it: see the model card),
+    mark_frac: float = 0.0
+    # ... this share is *reverse* (``r reversed(r)``),
+    reverse_frac: float = 0.2
     # ... this share is *skip* (``a b a c d c ...``), and the rest *repeat*.
-    skip_frac: float = 0.25
+    skip_frac: float = 0.2
     # Random span tokens are first drawn from ids [1, syn_vocab_start) and the range
     # grows linearly to the whole vocabulary over syn_vocab_ramp steps: with 4096
     # tokens each embedding is seen too rarely for copying to get started.
@@ -615,6 +627,7 @@ def read_csv_rows(path: Path, upto_step: int) -> list[str]:
 RECIPE_HELP = {
     "seed": "seed for initialisation and every batch (a run is a pure function of it)",
     "steps": "total optimizer steps (also the length of the LR schedule)",
+    "init_from": "start from this earlier run's output directory (weights + tokenizer); '' = from scratch",
     "n_layer": "transformer blocks",
     "d_model": "residual stream width",
     "n_head": "attention heads per layer",
@@ -709,7 +722,12 @@ def main(argv: list[str] | None = None) -> None:
     docs = collect_corpus()
     train_docs, held_docs = split_corpus(docs, recipe.heldout_frac_mod)
     tok_path = ckpt_dir / "tokenizer.json"
-    if args.resume and tok_path.exists():
+    if recipe.init_from:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(Path(recipe.init_from) / "tokenizer.json"))
+        tok.save(str(tok_path))
+    elif args.resume and tok_path.exists():
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(tok_path))
@@ -738,6 +756,15 @@ def main(argv: list[str] | None = None) -> None:
     marks = mark_probe(recipe, markers)
 
     model = build_model(recipe)
+    if recipe.init_from:
+        from safetensors.torch import load_file
+
+        # Tied embeddings: the file holds wte once; lm_head.weight is the same tensor.
+        missing, unexpected = model.load_state_dict(
+            load_file(str(Path(recipe.init_from) / "model.safetensors")), strict=False
+        )
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise SystemExit(f"--init-from {recipe.init_from}: missing {missing}, unexpected {unexpected}")
     opt = make_optimizer(model, recipe)
     start_step, prev_elapsed = 0, 0.0
     resumed_loss = (0.0, 0)
@@ -852,6 +879,13 @@ def export(model, tok, r: Recipe, out: Path, wall: float, ev: dict, train_stream
             "platform": platform.platform(),
         },
     }
+    if r.init_from:
+        # Keep the earlier stage's record beside this one: together they are the recipe.
+        prev = Path(r.init_from)
+        for name in ("training", "curves"):
+            src = prev / (name + (".json" if name == "training" else ".csv"))
+            if src.exists() and src.resolve() != (out / src.name).resolve():
+                (out / f"{name}-stage1{src.suffix}").write_bytes(src.read_bytes())
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out} (wall {wall:.0f}s); final: {json.dumps(info['final'] | {'head_scores_repeat_probe': '...', 'prev_scores_heldout_text': '...'})}")
 

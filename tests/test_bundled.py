@@ -1,8 +1,8 @@
 """The bundled interp-tiny model: identity pinned, real learned heads, loads offline by name.
 
 A retrain that changes the weights must update the hash on purpose, and one that loses
-the heads or the copying behaviour fails here. (Issue 4's full bar — a duplicate-token
-head and text loss far below unigram — is not met yet; see its MODEL_CARD.md.)
+the heads, the copying behaviour or the text loss fails here. (Issue 4's duplicate-token
+head did not form; its MODEL_CARD.md says what was tried.)
 """
 
 import hashlib
@@ -17,7 +17,7 @@ from interp.loading import BUNDLED_DIR
 from interp.testing import repeated_tokens
 
 DIR = BUNDLED_DIR / "interp-tiny"
-SHA256 = "d1044af4f7c36d367101768ef2d2f18b42a7b130d493d5e9a9d3307219f53f09"
+SHA256 = "bdc45b37475128e022ddb6984c2aee1535d5d973e049dd318dd14784d400b9ff"
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,15 @@ def test_loads_offline_by_name_like_a_real_gpt2_directory(tiny):
     assert tiny.tokenizer.bos_token == "<|endoftext|>"
 
 
-def test_learned_previous_token_and_induction_heads(tiny):
+def test_learned_previous_token_self_and_induction_heads(tiny):
     df = classify(tiny, progress=False).set_index(["layer", "head"])
-    assert df.loc[(0, 4), "previous_token"] >= 0.5 and df.loc[(0, 4), "label"] == "previous_token"
+    assert df.loc[(0, 4), "label"] == "previous_token" and df.loc[(0, 4), "previous_token"] >= 0.9
+    assert df.loc[(0, 6), "label"] == "self" and df.loc[(0, 6), "self"] >= 0.9
     induction = df[df["label"] == "induction"]
-    assert len(induction) >= 3 and induction["induction"].max() >= 0.8
+    assert len(induction) >= 5 and induction["induction"].min() >= 0.6 and induction["induction"].max() >= 0.9
     assert set(induction.index.get_level_values("layer")) == {1}  # induction needs a layer-0 head before it
+    # The kinds are distinct: the previous-token head is not also an induction head, etc.
+    assert (df.drop(index=[(0, 4)])["previous_token"] < 0.5).all()
 
 
 def test_repeated_half_is_predicted_far_better_than_the_first(tiny):
@@ -53,7 +56,30 @@ def test_repeated_half_is_predicted_far_better_than_the_first(tiny):
     logits = tiny(tokens)
     nll = -logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
     first, second = nll[:, :25].mean(), nll[:, 26:].mean()
-    assert second < 0.25 * first, (first, second)
+    assert second < 0.05 * first, (first, second)
+
+
+def test_heldout_text_loss_is_far_below_any_unigram_model(tiny):
+    """Held-out pydoc topics (the training script's split) against their own unigram entropy.
+
+    A text's own unigram entropy is the lowest loss any context-free model can reach on it,
+    so beating it by a wide margin means the model uses context.
+    """
+    import pydoc_data.topics
+
+    from interp.train_bundled import split_corpus
+
+    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    _, held = split_corpus(topics, 20)
+    ids = torch.tensor([i for doc in held for i in tiny.tokenizer(doc)["input_ids"] + [0]])
+    n = len(ids) // 63
+    assert n >= 30
+    tokens = torch.cat([torch.zeros(n, 1, dtype=torch.long), ids[: n * 63].view(n, 63)], 1)
+    loss = -tiny(tokens).log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None]).mean()
+    p = torch.bincount(tokens[:, 1:].flatten()).double()
+    p = p[p > 0] / p.sum()
+    unigram_entropy = -(p * p.log()).sum()
+    assert loss < unigram_entropy - 1.5, (float(loss), float(unigram_entropy))
 
 
 def test_transformerlens_detect_head_sees_the_same_heads(tiny):
@@ -64,5 +90,6 @@ def test_transformerlens_detect_head_sees_the_same_heads(tiny):
     with torch.no_grad():
         prev = detect_head(tiny.bridge, prompt, "previous_token_head")
         ind = detect_head(tiny.bridge, prompt, "induction_head")
-    assert prev.argmax().item() == 0 * 8 + 4 and prev[0, 4] >= 0.5
-    assert ind[1].max() >= 0.35 and ind[0].max() < 0.1
+    assert prev.argmax().item() == 0 * 8 + 4 and prev[0, 4] >= 0.6
+    # detect_head averages over all query positions: on a once-repeated sequence its ceiling is ~0.5.
+    assert ind[1].max() >= 0.4 and ind[0].max() < 0.1
