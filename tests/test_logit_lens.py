@@ -184,17 +184,6 @@ def test_bad_input_is_one_clear_error(small_raw, planted):
     assert not m.has_hooks and not planted.has_hooks
 
 
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    from interp.testing import planted_hf_model
-
-    d = tmp_path_factory.mktemp("planted")
-    hf, tok = planted_hf_model()
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_cli_lens_table_files_pinv_and_dla(planted_dir, tmp_path, capsys):
     out, png = tmp_path / "lens.csv", tmp_path / "lens.png"
     args = ["lens", "a b c d a b c", "--model", planted_dir, "--target", "d", "--k", "3"]

@@ -16,7 +16,7 @@ import interp
 from interp import report as rp
 from interp.cli import main
 from interp.errors import InterpError
-from interp.testing import PLANTED_HEADS, planted_hf_model, random_gpt2_hf, word_tokenizer
+from interp.testing import PLANTED_HEADS, random_gpt2_hf, word_tokenizer
 
 PROMPT = "a b c d e f a b c d e f"  # repeated, so duplicate/induction heads have something to do
 EVIL = [
@@ -277,15 +277,6 @@ def test_twelve_heads_of_256_tokens_stay_under_5_mb(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLI
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("planted")
-    hf, tok = planted_hf_model()
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def test_cli_report(planted_dir, tmp_path, capsys):
     out, csv = tmp_path / "r.html", tmp_path / "p.csv"
     code = main(["report", PROMPT, "--out", str(out), "--top", "1", "--kind", "induction", "--csv", str(csv),

@@ -70,35 +70,43 @@
     S.kinds.forEach(function (kind) {
       var grid = S.scores[kind], block = el("div", "grid-block");
       block.appendChild(el("div", "name", kind));
-      var table = el("table", "grid"), head = el("tr");
-      head.appendChild(el("td", "ax", ""));
-      for (var h = 0; h < S.n_heads; h++) head.appendChild(el("td", "ax", h));
-      table.appendChild(head);
-      for (var l = 0; l < S.n_layers; l++) {
-        var tr = el("tr");
-        tr.appendChild(el("td", "ax", l));
-        for (var hh = 0; hh < S.n_heads; hh++) {
-          var v = grid[l][hh], td = sized(el("td", "cell"));
-          td.style.background = v === null ? css(MASKED) : css(color((v - S.vmin) / (S.vmax - S.vmin)));
-          var text = "L" + l + "H" + hh + "  " + kind + " " + (v === null ? "n/a" : fmt(v)) + "  label: " + S.labels[l][hh];
-          td.title = text;
-          td.dataset.layer = l; td.dataset.head = hh;
-          var key = l + "." + hh;
-          if (key in chosen) {
-            td.classList.add("chosen");
-            td.addEventListener("click", (function (i) {
-              return function () { document.getElementById("head-" + i).scrollIntoView({ behavior: "smooth" }); };
-            })(chosen[key]));
-          }
-          td.addEventListener("mouseenter", (function (t) { return function () { status.textContent = t; }; })(text));
-          tr.appendChild(td);
+      var table = headGrid(S, "grid", status, function (l, hh) {
+        var v = grid[l][hh], td = sized(el("td", "cell"));
+        td.style.background = v === null ? css(MASKED) : css(color((v - S.vmin) / (S.vmax - S.vmin)));
+        td.dataset.layer = l; td.dataset.head = hh;
+        var key = l + "." + hh;
+        if (key in chosen) {
+          td.classList.add("chosen");
+          td.addEventListener("click", (function (i) {
+            return function () { document.getElementById("head-" + i).scrollIntoView({ behavior: "smooth" }); };
+          })(chosen[key]));
         }
-        table.appendChild(tr);
-      }
+        return [td, "L" + l + "H" + hh + "  " + kind + " " + (v === null ? "n/a" : fmt(v)) + "  label: " + S.labels[l][hh]];
+      });
       block.appendChild(table);
       root.appendChild(block);
     });
     root.appendChild(labelGrid(S, chosen, sized, status));
+  }
+
+  // A layers × heads table with axis labels; cell(l, h) returns [td, hover text].
+  function headGrid(S, cls, status, cell) {
+    var table = el("table", cls), head = el("tr");
+    head.appendChild(el("td", "ax", ""));
+    for (var h = 0; h < S.n_heads; h++) head.appendChild(el("td", "ax", h));
+    table.appendChild(head);
+    for (var l = 0; l < S.n_layers; l++) {
+      var tr = el("tr");
+      tr.appendChild(el("td", "ax", l));
+      for (var hh = 0; hh < S.n_heads; hh++) {
+        var made = cell(l, hh), td = made[0];
+        td.title = made[1];
+        td.addEventListener("mouseenter", (function (t) { return function () { status.textContent = t; }; })(made[1]));
+        tr.appendChild(td);
+      }
+      table.appendChild(tr);
+    }
+    return table;
   }
 
   // One more grid: each head's label as a letter on the kind's colour.
@@ -114,26 +122,15 @@
   }
   function labelGrid(S, chosen, sized, status) {
     var ab = abbreviations(S.kinds);
-    var block = el("div", "grid-block"), table = el("table", "grid labels"), head = el("tr");
+    var block = el("div", "grid-block");
     block.appendChild(el("div", "name", "label"));
-    head.appendChild(el("td", "ax", ""));
-    for (var h = 0; h < S.n_heads; h++) head.appendChild(el("td", "ax", h));
-    table.appendChild(head);
-    for (var l = 0; l < S.n_layers; l++) {
-      var tr = el("tr");
-      tr.appendChild(el("td", "ax", l));
-      for (var hh = 0; hh < S.n_heads; hh++) {
-        var lab = S.labels[l][hh], i = S.kinds.indexOf(lab);
-        var td = sized(el("td", "cell", i >= 0 ? ab[lab] : "·"));
-        td.style.background = i >= 0 ? KIND_COLORS[i % KIND_COLORS.length] : "#eef0f3";
-        var text = "L" + l + "H" + hh + "  label: " + lab;
-        td.title = text;
-        if ((l + "." + hh) in chosen) td.classList.add("chosen");
-        td.addEventListener("mouseenter", (function (t) { return function () { status.textContent = t; }; })(text));
-        tr.appendChild(td);
-      }
-      table.appendChild(tr);
-    }
+    var table = headGrid(S, "grid labels", status, function (l, hh) {
+      var lab = S.labels[l][hh], i = S.kinds.indexOf(lab);
+      var td = sized(el("td", "cell", i >= 0 ? ab[lab] : "·"));
+      td.style.background = i >= 0 ? KIND_COLORS[i % KIND_COLORS.length] : "#eef0f3";
+      if ((l + "." + hh) in chosen) td.classList.add("chosen");
+      return [td, "L" + l + "H" + hh + "  label: " + lab];
+    });
     block.appendChild(table);
     var keys = el("div", "legend");
     S.kinds.forEach(function (k, i) {
