@@ -346,6 +346,24 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
 
 
 # ---------------------------------------------------------------------------- rank-k replacement
+def _effective_ov(model: HookedGPT2, layer: int) -> tuple[
+    Float[Tensor, "n_heads d_model d_head"], Float[Tensor, "n_heads d_head"], Float[Tensor, "n_heads d_head d_model"]
+]:
+    """A layer's OV circuit as it acts on the *normalised* residual stream, the same in both weight modes.
+
+    ``(W_V', b_V', W_O')`` with ``W_V' = C diag(γ) W_V`` and ``b_V' = b_V + β W_V`` (ln1's gain γ and bias
+    β taken in, as folding does; ``C`` centres over d_model, a direction the normalised stream never
+    has) and ``W_O' = W_O C`` (the next LayerNorm removes that mean anyway). Folded models already
+    hold exactly these; for raw ones they are computed here, so a rank-k cut means the same thing
+    whatever ``fold_ln`` is.
+    """
+    W_V = model.ln1_w[layer][None, :, None] * model.W_V[layer]
+    W_V = W_V - W_V.mean(-2, keepdim=True)
+    b_V = model.b_V[layer] + torch.einsum("m,hmd->hd", model.ln1_b[layer], model.W_V[layer])
+    W_O = model.W_O[layer] - model.W_O[layer].mean(-1, keepdim=True)
+    return W_V, b_V, W_O
+
+
 @contextlib.contextmanager
 def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
     """Run the model with the given heads' ``W_OV`` replaced by its rank-k approximation (scoped).
@@ -356,6 +374,12 @@ def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
     row of the attention pattern sums to 1) and is kept as it is. So ``k = 0`` leaves a head that
     writes only that constant, and ``k ≥ rank(W_OV)`` changes nothing. The hooks are removed on
     exit, error or not.
+
+    The same in both weight modes: ``W_OV`` is the circuit as it acts on the normalised residual
+    stream (:func:`_effective_ov`: ln1's gain and bias taken into ``W_V`` and ``b_V``, ``W_O``
+    centred), i.e. the folded model's; in a raw model the head output's mean over d_model, which
+    the next LayerNorm removes, is left as it is. So losses under a cut are equal with
+    ``fold_ln=True`` and ``False`` (a test checks both against Hugging Face with hooks).
 
     Args:
         heads: ``(layer, head)`` or a list of them.
@@ -376,9 +400,9 @@ def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
         by_layer.setdefault(layer, []).append(head)
     hooks = []
     for layer, hs in sorted(by_layer.items()):
-        _, _, V = ov_svd(model, layer)
-        V_k = V[hs, :, :k]  # [n, d_model, k]
-        bias = torch.einsum("nd,ndm->nm", model.b_V[layer, hs], model.W_O[layer, hs])
+        W_V, b_V, W_O = _effective_ov(model, layer)
+        V_k = _factored_svd(W_V[hs], W_O[hs])[2][..., :k].to(model.cfg.dtype)  # [n, d_model, k]
+        bias = torch.einsum("nd,ndm->nm", b_V[hs], model.W_O[layer, hs])  # as the head writes it in this mode
         hooks.append((("result", layer), _projector(torch.tensor(hs, device=V_k.device), V_k, bias)))
     with model.hooks(hooks):
         yield model
@@ -388,8 +412,9 @@ def _projector(idx: Tensor, V_k: Tensor, bias: Tensor):
     def hook(result: Tensor, name: str) -> Tensor:
         out = result.clone()
         x = result[:, :, idx] - bias  # [batch, pos, n, d_model]
+        x = x - x.mean(-1, keepdim=True)  # V_k is centred; a raw head's mean stays as it is
         coef = torch.einsum("bpnm,nmk->bpnk", x, V_k)
-        out[:, :, idx] = torch.einsum("bpnk,nmk->bpnm", coef, V_k) + bias
+        out[:, :, idx] = result[:, :, idx] - x + torch.einsum("bpnk,nmk->bpnm", coef, V_k)
         return out
 
     return hook

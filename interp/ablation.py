@@ -8,11 +8,15 @@ each layer, or your own sets of heads) in turn and tabulates how a metric change
 Methods (the ``method=`` argument)
 ----------------------------------
 A head is ablated at ``blocks.{L}.attn.hook_z`` (its value-weighted sum before
-``W_O``), so its output ``z_h @ W_O[h]`` changes exactly and no other head's does.
+``W_O``, value bias included), so its output ``z_h @ W_O[h]`` changes exactly and no
+other head's does. That output means the same with ``fold_ln=True`` and ``False``
+(:class:`~interp.model.HookedGPT2` says how), so every method below gives the same
+losses, log-probs and logit differences in both weight modes; tests check each
+against Hugging Face's GPT-2 edited with torch hooks on ``c_proj``'s input.
 
-* ``zero`` — ``z_h = 0``: the head writes nothing. The layer's bias ``b_O`` is not a
-  head's and stays, so zero-ablating every head of a layer leaves ``hook_attn_out``
-  equal to ``b_O[L]`` at every position.
+* ``zero`` — ``z_h = 0``: the head writes nothing, its value bias included. The
+  layer's bias ``b_O`` is not a head's and stays, so zero-ablating every head of a
+  layer leaves ``hook_attn_out`` equal to ``b_O[L]`` at every position.
 * ``mean`` — per position: position ``p`` of the run gets the head's mean ``z`` over
   the reference tokens at position ``p`` (positions counted from each prompt's
   first real token; padding excluded). Runs index position by column, so padded
@@ -29,8 +33,8 @@ A head is ablated at ``blocks.{L}.attn.hook_z`` (its value-weighted sum before
   ``hook_pattern``: ``"previous"`` (key = query − 1), ``"self"`` (key = query),
   ``"bos"`` (key 0), a list of key positions, or a bool ``[query_pos, key_pos]`` mask
   (True = remove). With ``renormalize=False`` (default) the removed weight simply
-  vanishes: the head's output is what it would be if those keys' values were
-  zero. With ``renormalize=True`` each query's remaining weights are rescaled to
+  vanishes: ``z'[q] = z[q] − Σ_removed A[q,k]·v[k]`` (``v`` with its bias), the head's
+  output as if those keys' values were zero. With ``renormalize=True`` each query's remaining weights are rescaled to
   sum to 1, which equals masking those keys out before the softmax; a query left
   with nothing to attend to writes zero.
 

@@ -48,9 +48,11 @@ def load(
         device: torch device, e.g. ``"cpu"``.
         dtype: ``"float32"`` (default), ``"float64"``, ``"bfloat16"`` or ``"float16"``.
         fold_ln: fold LayerNorm into the weights and centre the writing weights
-            (TransformerLens's processing; what circuit analyses want). Logits then
-            differ from Hugging Face's by a constant per position; log-probs are
-            equal. ``False`` keeps Hugging Face's weights and logits exactly.
+            (TransformerLens's processing, with value biases kept per head; what
+            circuit analyses want). Logits then differ from Hugging Face's by a
+            constant per position; log-probs are equal, and so is everything a
+            head writes (see :class:`~interp.model.HookedGPT2`). ``False`` keeps
+            Hugging Face's weights and logits exactly.
         tokenizer: a ``transformers`` tokenizer; needed with a model object whose
             tokenizer cannot be found offline.
 
@@ -69,7 +71,9 @@ def load(
 
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tok, device=dev, dtype=dt)
     if fold_ln:
-        bridge.enable_compatibility_mode(disable_warnings=True)
+        # Value biases stay in each head's b_V: folded into b_O, a head's z would lack them and
+        # "z = 0" would not silence it (see HookedGPT2's docstring: one meaning in both modes).
+        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
     return HookedGPT2(bridge, cfg)
 
 

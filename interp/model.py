@@ -74,6 +74,21 @@ class HookedGPT2:
     in the residual basis, logits differ from Hugging Face's by a constant per
     position and log-probabilities are equal. With ``fold_ln=False`` the weights
     are Hugging Face's own and so are the logits.
+
+    A head's output is one thing in both modes (the convention every intervention,
+    decomposition and attribution of interp follows; documented here, once): what
+    Hugging Face's GPT-2 computes as the head's slice of the input of
+    ``attn.c_proj`` — its ``z`` at ``hook_z``, **value bias included** — times its
+    rows of ``W_O``. TransformerLens's default processing also folds the value
+    biases into ``b_O`` (so a folded ``z`` would lack them, and zeroing it would
+    leave the head writing ``b_V·W_O[h]``); interp keeps them per head
+    (``enable_compatibility_mode(fold_value_biases=False)``), so ``b_V`` holds
+    ``b_V + β·W_V`` when folded. The layer's ``b_O`` (``c_proj``'s bias) belongs to
+    no head. Folding also centres ``W_O`` over d_model, so a head's output *vector*
+    differs between modes by its mean over d_model, which the next LayerNorm
+    removes: losses, log-probs, logit differences and attributions read through a
+    LayerNorm are equal in both modes (tests check each against Hugging Face with
+    torch hooks).
     """
 
     def __init__(self, bridge, cfg: ModelConfig):

@@ -21,8 +21,10 @@ class ResidDecomposition:
 
     ``components[i]`` is what ``labels[i]`` wrote; ``components.sum(0)`` equals
     ``resid`` (the residual stream itself, from the same run) to float tolerance.
-    Labels: ``embed``, ``pos_embed``, ``L{l}H{h}`` (a head's output),
-    ``L{l} attn bias`` (the layer's ``b_O``), ``L{l} mlp``.
+    Labels: ``embed``, ``pos_embed``, ``L{l}H{h}`` (a head's output: its ``z``, value
+    bias included, times its rows of ``W_O``), ``L{l} attn bias`` (the layer's ``b_O``),
+    ``L{l} mlp``. Each part equals Hugging Face's in both weight modes up to its mean
+    over d_model, which folding centres away (see :class:`~interp.model.HookedGPT2`).
     """
 
     labels: list[str]

@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 import interp  # noqa: E402
 from interp import testing  # noqa: E402
+from figcheck import saved_figures  # noqa: E402,F401  (a fixture for every test module)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,47 @@ def small_raw(small_hf):
 def small_folded(small_hf):
     model, tok = small_hf
     return interp.load(model, tokenizer=tok, fold_ln=True)
+
+
+def noisy_hf_model():
+    """A small random GPT-2 in float64 where folding changes every weight.
+
+    LayerNorm gains and biases random (``random_gpt2_hf`` jitters them), every bias random
+    (attention q/k/v including the value bias, ``c_proj``, the MLP's), random MLPs; attention
+    and embedding weights scaled up from GPT-2's initialisation (std 0.02) so that every head
+    matters: ablating one moves the loss by ~1e-2, far above float64 rounding.
+    """
+    hf, tok = testing.random_gpt2_hf(seed=3, n_layer=3, n_head=4, n_embd=32, vocab_size=300)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif ".attn." in name:
+                p.mul_(10)
+            elif name.endswith(("wte.weight", "wpe.weight")):
+                p.mul_(5)
+    return hf.double(), tok
+
+
+@pytest.fixture(scope="session")
+def noisy_hf():
+    """``(GPT2LMHeadModel, tokenizer)``: see :func:`noisy_hf_model`."""
+    return noisy_hf_model()
+
+
+@pytest.fixture(scope="session")
+def noisy(noisy_hf):
+    """The noisy model in float64, LayerNorm folded (the default)."""
+    hf, tok = noisy_hf
+    return interp.load(hf, tokenizer=tok, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def noisy_raw(noisy_hf):
+    """The noisy model in float64, Hugging Face's own weights."""
+    hf, tok = noisy_hf
+    return interp.load(hf, tokenizer=tok, dtype="float64", fold_ln=False)
 
 
 @pytest.fixture(scope="session")

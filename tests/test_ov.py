@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -210,19 +211,29 @@ def biased():
 
 @pytest.mark.parametrize("fixture", ["biased", "small_folded"])
 def test_rank_k_hook_output_is_the_rank_k_circuit(request, fixture):
-    """The hooked head writes pattern · ln1 · (U_k S_k V_kᵀ) + b_V W_O; its neighbours are untouched."""
+    """The hooked head writes pattern · n · W_k + b_V' W_O, n the normalised stream, W_k the rank-k cut of
+    ``W = C diag(γ) W_V W_O C`` (materialised here); its neighbours are untouched.
+
+    Folded, that is the model's own ``W_V W_O``; raw, γ and β are taken in and the head's mean over
+    d_model (which the next LayerNorm removes) is left as it was.
+    """
     m, k = request.getfixturevalue(fixture), 3
     assert (m.b_V[1, 2].abs().max() > 0.1) == (fixture == "biased")
     names = ["ln1.1", "pattern.1", "result.1"]
     _, clean = m.run("a prompt with some words in it", names=names)
     with ov.low_rank_ov(m, (1, 2), k):
         _, cut = m.run("a prompt with some words in it", names=names)
-    U, S, V = ov.ov_svd(m, 1, 2)
-    W_k = U[:, :k] @ torch.diag(S[:k]) @ V[:, :k].T
-    want = cut["pattern", 1][:, 2] @ cut["ln1", 1] @ W_k + m.b_V[1, 2] @ m.W_O[1, 2]
-    assert torch.allclose(cut["result", 1][:, :, 2], want, atol=1e-5)
+    gamma, beta = m.ln1_w[1], m.ln1_b[1]
+    C = torch.eye(m.cfg.d_model) - 1 / m.cfg.d_model
+    U, S, Vh = torch.linalg.svd(C @ (gamma[:, None] * m.W_V[1, 2]) @ m.W_O[1, 2] @ C)
+    W_k = U[:, :k] @ torch.diag(S[:k]) @ Vh[:k]
+    n = (cut["ln1", 1] - beta) / gamma
+    want = cut["pattern", 1][:, 2] @ n @ W_k + ((m.b_V[1, 2] + beta @ m.W_V[1, 2]) @ m.W_O[1, 2]) @ C
+    got = cut["result", 1][:, :, 2]
+    assert torch.allclose(got @ C, want, atol=1e-5)
+    assert torch.allclose(got.mean(-1), clean["result", 1][:, :, 2].mean(-1), atol=1e-6)
     full = head_output(m, 1, 2, clean["pattern", 1][:, 2], clean["ln1", 1])
-    assert not torch.allclose(cut["result", 1][:, :, 2], full, atol=1e-3)
+    assert not torch.allclose(got, full, atol=1e-3)
     others = [0, 1, 3]
     assert torch.equal(cut["result", 1][:, :, others], clean["result", 1][:, :, others])
 
@@ -333,7 +344,9 @@ def test_gpt2_small_shape_all_heads_within_memory_and_exact(gpt2_small_hf):
 
 
 # ---------------------------------------------------------------------------- CLI
-def test_cli_table_files_and_figures(planted_dir, tmp_path, capsys):
+def test_cli_table_files_and_figures(planted_dir, tmp_path, capsys, saved_figures):
+    from figcheck import assert_png, heatmap_values, panels
+
     out, png = tmp_path / "ov.csv", tmp_path / "copying.png"
     assert main(["ov", "--model", str(planted_dir), "--out", str(out), "--png", str(png)]) == 0
     printed = capsys.readouterr().out
@@ -341,7 +354,19 @@ def test_cli_table_files_and_figures(planted_dir, tmp_path, capsys):
     df = pd.read_csv(out)
     assert len(df) == 8 and {"rank", "rank90", "rank99", "erank", "copying_score"} <= set(df.columns)
     assert df.loc[(df["layer"] == 1) & (df["head"] == 0), "rank"].item() == 32
-    assert png.stat().st_size > 0 and (tmp_path / "copying-spectra.png").stat().st_size > 0
+    heatmap, spectra = saved_figures
+    (ax,) = panels(heatmap)
+    assert ax.get_title() == "copying_score"
+    assert np.allclose(heatmap_values(ax), df.sort_values(["layer", "head"])["copying_score"].to_numpy().reshape(2, 4),
+                       atol=1e-6, equal_nan=True)
+    sigma, energy = panels(spectra)
+    assert (sigma.get_title(), energy.get_title()) == ("singular values of W_OV", "cumulative energy")
+    # a curve per head that writes anything: L0H0 (rank 32 of 64: it copies 32 tokens) and L1H0 (rank 32)
+    curves = [line for line in sigma.get_lines()]
+    assert sorted(len(c.get_xdata()) for c in curves) == [32, 32] and sigma.get_yscale() == "log"
+    assert len([c for c in energy.get_lines() if len(c.get_xdata()) > 2]) == 2
+    assert_png(png)
+    assert_png(tmp_path / "copying-spectra.png")
 
 
 def test_cli_head_detail_and_rank_k(planted_dir, tmp_path, capsys):
