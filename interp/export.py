@@ -78,9 +78,9 @@ def save_figure(fig, path: os.PathLike | str, **kwargs) -> Path:
     import matplotlib.pyplot as plt
 
     fmt = Path(path).suffix.lstrip(".").lower()
-    if fmt not in ("png", "svg", "pdf"):
-        raise InterpError(f"unknown image format {fmt!r} for {path}: use .png, .svg or .pdf")
     try:
+        if fmt not in ("png", "svg", "pdf"):
+            raise InterpError(f"unknown image format {fmt!r} for {path}: use .png, .svg or .pdf")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, bbox_inches="tight", **kwargs)
     finally:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,23 +15,9 @@ HALF = 12  # planted prompts are [BOS] + r + r with len(r) = HALF
 
 
 @pytest.fixture(scope="module")
-def exact():
-    """A small random GPT-2 in float64, every bias random (b_O ≠ 0, so 'zero' and 'no attention' differ).
-
-    Attention and embedding weights are scaled up from GPT-2's initialisation (std 0.02) so
-    that every head matters: ablating one moves the loss by ~1e-2, far above float64 rounding.
-    """
-    hf, tok = testing.random_gpt2_hf(seed=3, n_layer=3, n_head=4, n_embd=32, vocab_size=300)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif ".attn." in name:
-                p.mul_(10)
-            elif name.endswith(("wte.weight", "wpe.weight")):
-                p.mul_(5)
-    return interp.load(hf, tokenizer=tok, dtype="float64")
+def exact(noisy):
+    """The noisy float64 model of conftest: every bias random (b_O ≠ 0, so 'zero' and 'no attention' differ)."""
+    return noisy
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +289,14 @@ def test_scan_of_chosen_heads_and_slow_path(exact, texts):
     # Inside another ablation the scan takes the slow path and sees the outer ablation.
     with ablate(exact, heads=[(1, 1)]):
         nested = scan(exact, texts, heads=["2.1"], progress=False)
-    assert nested.loc[0, "clean"] != df.loc[1, "clean"] and not exact.has_hooks
+    batch = exact.tokenize(texts)
+    with ablate(exact, heads=[(1, 1)]):
+        outer_loss = float(Loss().from_logits(exact, exact(batch), batch))
+        with ablate(exact, heads=[(2, 1)]):
+            both_loss = float(Loss().from_logits(exact, exact(batch), batch))
+    assert nested.loc[0, "clean"] == pytest.approx(outer_loss, abs=1e-10)  # the outer ablation is its baseline
+    assert nested.loc[0, "ablated"] == pytest.approx(both_loss, abs=1e-10)
+    assert abs(outer_loss - df.loc[1, "clean"]) > 1e-3 and not exact.has_hooks
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -398,15 +392,28 @@ def test_parse_heads_and_text_batch(planted):
 
 
 # ---------------------------------------------------------------------------- CLI
+def _printed_rows(out: str) -> dict[str, list[str]]:
+    """The printed table's rows, keyed by the variant in the first column."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["variant"])
+    return {line.split()[0]: line.split()[1:] for line in lines[start + 1 :] if line.strip() and not line.startswith("(")}
+
+
 def test_cli_ablate_heads_prints_each_and_together(planted_dir, capsys):
     from interp.cli import main
 
     assert main(["ablate", "--model", planted_dir, "--heads", "0.0,1.3", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "L0H0" in out and "L1H3" in out and "L0H0+L1H3" in out
+    rows = _printed_rows(capsys.readouterr().out)
+    assert list(rows) == ["L0H0", "L1H3", "L0H0+L1H3"]
+    # on the default probe (repeated random tokens) L0H0 feeds the induction head: its loss rises; L1H3 writes nothing
+    delta = {name: float(r[-1]) for name, r in rows.items()}
+    assert delta["L0H0"] > 0.2 and abs(delta["L1H3"]) < 1e-3 and delta["L0H0+L1H3"] == pytest.approx(delta["L0H0"], abs=1e-3)
 
 
-def test_cli_ablate_scan_exports(planted_dir, tmp_path, capsys):
+def test_cli_ablate_scan_exports(planted_dir, tmp_path, capsys, saved_figures):
+    import pandas as pd
+    from figcheck import assert_png, heatmap_values, panels
+
     from interp.cli import main
 
     text = tmp_path / "text.txt"
@@ -415,16 +422,28 @@ def test_cli_ablate_scan_exports(planted_dir, tmp_path, capsys):
     args = ["ablate", "--model", planted_dir, "--scan", "--text", str(text), "--no-progress"]
     assert main([*args, "--out", str(csv), "--png", str(png)]) == 0
     assert main([*args, "--method", "mean", "--reference", str(text), "--out", str(js)]) == 0
-    import pandas as pd
-
+    capsys.readouterr()
+    model = interp.load(planted_dir)
+    windows = text_batch(model, text.read_text(), window=min(128, model.cfg.n_ctx))
     df = pd.read_csv(csv)
-    assert len(df) == 8 and df.sort_values("delta").iloc[-1]["variant"] in ("L0H0", "L1H0")
+    want = scan(model, windows, progress=False)
+    assert df["variant"].tolist() == want["variant"].tolist()
+    assert torch.allclose(torch.tensor(df["delta"].to_list()), torch.tensor(want["delta"].to_list()), atol=1e-5)
     rows = json.loads(js.read_text())
-    assert len(rows) == 8 and rows[0]["method"] == "mean"
-    assert png.stat().st_size > 1000
+    want = scan(model, windows, method="mean", reference=windows, progress=False)
+    assert [r["method"] for r in rows] == ["mean"] * 8
+    assert torch.allclose(torch.tensor([r["delta"] for r in rows]), torch.tensor(want["delta"].to_list()), atol=1e-5)
+    # the heatmap: one layers × heads panel of exactly the scan's deltas, with a title naming the metric
+    (fig,) = saved_figures
+    (ax,) = panels(fig)
+    assert ax.get_title() == "Δ loss (zero ablation)"
+    assert np.allclose(heatmap_values(ax), df["delta"].to_numpy().reshape(2, 4), atol=1e-5)
+    assert_png(png)
     assert main(["ablate", "--model", planted_dir, "--scan", "--by", "layer", "--metric", "logit_diff",
                  "--correct", "a", "--wrong", "b", "--no-progress"]) == 0
-    assert "L1" in capsys.readouterr().out
+    rows = _printed_rows(capsys.readouterr().out)
+    assert rows.keys() == {"L0", "L1"}  # one row per layer, not per head
+    assert rows["L0"][:2] == ["0", "<NA>"] and rows["L1"][:2] == ["1", "<NA>"]
 
 
 @pytest.mark.parametrize(

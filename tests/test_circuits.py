@@ -66,4 +66,12 @@ def test_decomposition_is_not_trivially_true(small_raw):
     d = small_raw.decompose_resid("some words", 1, "post")
     i = d.labels.index("L0H2")
     assert not torch.allclose(d.total() - d.components[i], d.resid, atol=1e-4)
-    assert list(d.norms().columns) == ["component", "norm"]
+    padded = small_raw.decompose_resid(["some words", "a longer prompt with more words in it"], 1, "post")
+    norms = padded.norms()
+    assert list(norms.columns) == ["component", "norm"] and norms["component"].tolist() == padded.labels
+    # each component's mean L2 norm over real tokens (padding left out), computed here token by token
+    mask = padded.batch.attention_mask
+    assert not mask.all()
+    for i, label in enumerate(padded.labels):
+        want = torch.stack([padded.components[i, b, p].norm() for b, p in mask.nonzero().tolist()]).mean()
+        assert norms["norm"].iloc[i] == pytest.approx(float(want), rel=1e-5), label

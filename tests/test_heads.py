@@ -156,7 +156,8 @@ def test_std_is_zero_for_identical_prompts_and_positive_otherwise(planted):
     same = classify(planted, ["a b c d a b c d"] * 3)
     assert np.allclose(same[[f"{k}_std" for k in KINDS]].to_numpy(), 0, atol=1e-7)
     mixed = classify(planted, testing.repeated_tokens(32, 6, 15))
-    assert (mixed.loc[mixed["label"] == "none", "bos_std"] > 0).all()
+    unplanted = mixed.loc[mixed["label"] == "none", "bos_std"]
+    assert len(unplanted) == 3 and (unplanted > 0).all()  # the planted model's three unplanted heads
 
 
 # ---------------------------------------------------------------------------- parity with TransformerLens
@@ -261,7 +262,9 @@ def test_bad_probe_sizes(planted):
 
 
 # ---------------------------------------------------------------------------- the command
-def test_cli_default_probe_ranked_table_and_files(planted_dir, tmp_path, capsys):
+def test_cli_default_probe_ranked_table_and_files(planted_dir, tmp_path, capsys, saved_figures):
+    from figcheck import assert_png, heatmap_values, panels
+
     csv, png = tmp_path / "heads.csv", tmp_path / "heads.png"
     assert main(["heads", "--model", planted_dir, "--out", str(csv), "--png", str(png), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -270,7 +273,14 @@ def test_cli_default_probe_ranked_table_and_files(planted_dir, tmp_path, capsys)
     assert [r[2] for r in table][-3:] == ["none"] * 3  # labelled heads first, the unlabelled last
     df = pd.read_csv(csv)
     assert len(df) == 8 and {"layer", "head", "label", *KINDS, *(f"n_{k}" for k in KINDS)} <= set(df.columns)
-    assert png.stat().st_size > 0
+    # one layers × heads panel per kind, titled by the kind, showing exactly the table's scores on 0–1
+    (fig,) = saved_figures
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == list(KINDS)
+    for ax, kind in zip(axes, KINDS):
+        assert np.allclose(heatmap_values(ax), df.sort_values(["layer", "head"])[kind].to_numpy().reshape(2, 4), atol=1e-6)
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+    assert_png(png)
 
 
 def test_cli_prompts_json_and_errors(planted_dir, tmp_path, capsys):

@@ -1,0 +1,56 @@
+"""``interp bench`` and ``interp info``: the printed figures, the measuring helpers, bad sections."""
+
+import re
+import time
+
+import pytest
+import torch
+
+from interp import InterpError, bench
+from interp.cli import main
+
+
+def test_rows_print_the_ratio_target_and_verdict():
+    ok = bench.Row("heads", "classify / forward", 0.5, target="≤ 0.75", ok=True, detail="1s vs 2s")
+    missed = bench.Row("heads", "classify / forward", 0.9, target="≤ 0.75", ok=False)
+    assert re.fullmatch(r"heads\s+classify / forward\s+0\.500×  \(target ≤ 0\.75\)  ok   \[1s vs 2s\]", ok.line())
+    assert missed.line().endswith("0.900×  (target ≤ 0.75)  MISSED")
+
+
+def test_timed_keeps_the_best_of_its_repeats_and_the_result():
+    delays = iter([0.05, 0.01, 0.03])
+    result, best = bench.timed(lambda: time.sleep(next(delays)) or "done", repeat=3)
+    assert result == "done" and 0.01 <= best < 0.03
+
+
+def test_peak_memory_sees_an_allocation():
+    _, mb = bench.peak_memory(lambda: torch.ones(64 * 2**20 // 4).add_(1).sum())  # 64 MB
+    assert 50 < mb < 200
+
+
+def test_a_section_runs_and_prints_its_ratio(capsys, monkeypatch):
+    from interp import testing
+
+    # The forward section on a small random model instead of GPT-2 small (same code path, less time).
+    monkeypatch.setattr(testing, "random_gpt2_small_hf", lambda seed=0: testing.random_gpt2_hf(seed, vocab_size=50257))
+    rows = bench.run(["forward"], n_prompts=2, n_pos=16)
+    out = capsys.readouterr().out
+    assert out.startswith("interp bench: random GPT-2 small shape, torch")
+    (row,) = rows
+    assert row.section == "forward" and row.value > 0 and row.line() in out
+    assert re.search(r"our forward / HF eager forward \(2×16\)\s+\d+\.\d{3}×   \[\d+\.\d\ds vs \d+\.\d\ds\]", out)
+
+
+def test_unknown_sections_are_refused():
+    with pytest.raises(InterpError, match=r"unknown benchmark section\(s\) \['nope'\]: choose from forward"):
+        bench.run(["nope"])
+    assert main(["bench", "--only", "forward,nope"]) == 2
+
+
+def test_info_prints_the_shape_and_hook_points(planted_dir, capsys):
+    assert main(["info", "--model", planted_dir]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "2 layers × 4 heads, d_model 256, vocab 32, context 32, fold_ln=True" in out[0]
+    assert out[1].startswith("35 hook points, e.g. hook_embed, hook_pos_embed, blocks.0.hook_resid_pre,")
+    assert main(["info", "--model", planted_dir, "--no-fold-ln"]) == 0
+    assert "fold_ln=False" in capsys.readouterr().out

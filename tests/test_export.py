@@ -1,0 +1,84 @@
+"""Writing results: atomic files, tables that round-trip, figures and their formats."""
+
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from figcheck import assert_png, heatmap_values, panels
+from interp import InterpError
+from interp.export import atomic_path, heads_heatmap, save_figure, table_format, write_table, write_text
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "result.csv"
+    path.write_text("good old results\n")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half a fi")
+            raise RuntimeError("interrupted")
+    assert path.read_text() == "good old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.csv"]
+
+
+def test_a_new_file_gets_the_usual_mode_and_an_old_file_keeps_its_own(tmp_path):
+    new = write_text(tmp_path / "new.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+    old = tmp_path / "old.txt"
+    old.write_text("y")
+    old.chmod(0o640)
+    write_text(old, "z")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "z"
+
+
+@pytest.mark.parametrize("target, message", [("missing/x.csv", "directory .*missing does not exist"), (".", "is a directory")])
+def test_bad_targets_are_refused_before_anything_is_written(tmp_path, target, message):
+    with pytest.raises(InterpError, match=message):
+        write_text(tmp_path / target, "x")
+
+
+def test_tables_round_trip_in_both_formats(tmp_path):
+    df = pd.DataFrame({"layer": [0, 1], "head": [3, 2], "score": [0.125, 0.7071067811865476], "label": ["a", "b"]})
+    for name, read in [("t.csv", pd.read_csv), ("t.json", pd.read_json)]:
+        write_table(df, tmp_path / name)
+        pd.testing.assert_frame_equal(read(tmp_path / name), df)
+    write_table(df, tmp_path / "t.data", fmt="json")
+    pd.testing.assert_frame_equal(pd.read_json(tmp_path / "t.data"), df)
+    assert table_format("x.CSV") == "csv"
+    with pytest.raises(InterpError, match="unknown table format 'xlsx'"):
+        table_format("x.xlsx")
+
+
+def test_figures_follow_the_suffix_and_unknown_ones_are_refused(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "f.svg")
+    assert (tmp_path / "f.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    fig, _ = plt.subplots()
+    with pytest.raises(InterpError, match="unknown image format 'jpg'"):
+        save_figure(fig, tmp_path / "f.jpg")
+    assert not plt.fignum_exists(fig.number)  # closed even when refused
+    assert not (tmp_path / "f.jpg").exists()
+
+
+def test_heads_heatmap_draws_the_table(tmp_path, saved_figures):
+    df = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "a": [0.1, 0.9, 0.5, 0.0], "b": [1.0, 0.0, 0.2, 0.3]})
+    heads_heatmap(df, ["a", "b"], tmp_path / "h.png", vmin=0.0, vmax=1.0, title="scores", annotate=lambda v: f"{v:.1f}")
+    (fig,) = saved_figures
+    a, b = panels(fig)
+    assert (a.get_title(), b.get_title(), fig._suptitle.get_text()) == ("a", "b", "scores")
+    assert np.array_equal(heatmap_values(a), [[0.1, 0.9], [0.5, 0.0]])
+    assert np.array_equal(heatmap_values(b), [[1.0, 0.0], [0.2, 0.3]])
+    assert sorted(t.get_text() for t in a.texts) == ["0.0", "0.1", "0.5", "0.9"]
+    assert_png(tmp_path / "h.png", min_width=300, min_height=150)
+    with pytest.raises(InterpError, match="column 'c' missing"):
+        heads_heatmap(df, ["c"], tmp_path / "h2.png")
