@@ -49,7 +49,6 @@ size ``pos²`` is kept), and the pass stops right after the last needed pattern.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -58,10 +57,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp import probes, select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
-
-from . import probes
+from interp.threads import one_thread
+from interp.tokens import Batch
 
 KINDS = ("previous_token", "self", "duplicate_token", "induction", "bos", "spread")
 #: Kinds that are a fraction of attention on chosen keys (``spread`` is an entropy).
@@ -71,10 +71,6 @@ THRESHOLDS: dict[str, float] = {**{k: 0.5 for k in ATTENTION_KINDS}, "spread": 0
 MEASURES = ("defined", "all")
 #: Patterns of one batch stay under this many floats; ``batch_size`` is chosen from it.
 PATTERN_BUDGET = 1 << 25
-
-
-class _Done(Exception):
-    """Raised by the last needed pattern hook: everything after it (later layers, unembedding) is skipped."""
 
 
 def classify(
@@ -97,20 +93,22 @@ def classify(
 
     Args:
         model: the model.
-        inputs: a prompt, a list of prompts (and/or 1-D token tensors such as
-            :func:`analyses.probes.document_chunks`), token ids ``[batch, pos]``,
-            or a :class:`~interp.tokens.Batch`. Default: 16 repeated random-token
-            sequences (:func:`analyses.probes.repeated_tokens`, seed 0).
+        inputs: a prompt, a list of prompts (and/or 1-D token tensors), token ids
+            ``[batch, pos]``, or a :class:`~interp.tokens.Batch` (e.g.
+            :func:`interp.probes.text_windows`). Default: 16 repeated random-token
+            sequences (:func:`interp.probes.repeated_tokens`, seed 0).
         kinds: which of :data:`KINDS` to score (default: all six).
-        layers: layer index or indices to score (default: all). The forward pass
-            stops after the last of them.
-        heads: head index or indices within each layer (default: all).
+        layers: the layers to score, every head of each (default: all), in
+            :mod:`interp.select`'s grammar (``1``, ``[0, 3]``, ``"0-5"``). The forward
+            pass stops after the last of them.
+        heads: instead of ``layers``, the heads to score (``"4.11"``, ``[(0, 1)]``, ``"4.*"``).
         measure: ``"defined"`` (average over the positions where each kind is
             defined) or ``"all"`` (TransformerLens ``detect_head``'s "mul" score).
         exclude_bos: drop attention to position 0 and renormalise.
         exclude_current_token: drop attention to the query's own position and renormalise.
-        positions: which query positions to score, in every prompt: a slice or a
-            list of ints (negative ones count from each prompt's end). Default: all.
+        positions: which query positions to score, in every prompt (:mod:`interp.select`:
+            a slice, a list of ints, ``"2:6"``; negative ones count from each prompt's end;
+            positions a prompt does not have are skipped for it). Default: all.
         threshold: label threshold: a float for the five attention kinds, or a
             dict ``{kind: threshold}`` (others keep :data:`THRESHOLDS`).
         prepend_bos: prepend BOS to string prompts (token ids are used as given).
@@ -141,8 +139,11 @@ def classify(
     {'induction': 1.0, 'n_induction': 240.0, 'previous_token': 0.079}
     """
     kinds = _check_kinds(kinds)
-    layers = _check_indices(layers, model.cfg.n_layers, "layer", "layers")
-    head_idx = _check_indices(heads, model.cfg.n_heads, "head", "heads per layer")
+    if heads is not None and layers is not None:
+        raise InterpError("give layers (every head of each) or heads (those heads), not both")
+    chosen = None if heads is None else select.heads(model, heads)
+    layers = sorted({l for l, _ in chosen}) if chosen is not None else select.layers(model, layers)
+    head_idx = list(range(model.cfg.n_heads))
     if measure not in MEASURES:
         raise InterpError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
     thresholds = _thresholds(threshold)
@@ -150,6 +151,8 @@ def classify(
     opts = _Options(kinds, head_idx, bool(exclude_bos), bool(exclude_current_token), measure, positions)
     num, den, count = _scan(model, seqs, layers, opts, batch_size, progress)
     df = _table(num, den, count, layers, head_idx, opts, thresholds)
+    if chosen is not None:
+        df = df[[(l, h) in chosen for l, h in zip(df["layer"], df["head"])]].reset_index(drop=True)
     df.attrs.update(
         measure=measure, exclude_bos=bool(exclude_bos), exclude_current_token=bool(exclude_current_token),
         thresholds={k: thresholds[k] for k in kinds}, n_prompts=len(seqs), n_tokens=int(sum(len(s) for s in seqs)),
@@ -189,22 +192,6 @@ def _check_kinds(kinds: Any) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k in kinds)  # canonical order, no duplicates
 
 
-def _check_indices(values: Any, n: int, what: str, unit: str) -> list[int]:
-    if values is None:
-        return list(range(n))
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise InterpError(f"{what} filter must be an int or a list of ints, not {values!r}")
-    values = list(values)
-    if not values:
-        raise InterpError(f"empty {what} filter: give at least one {what}, or None for all")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
-            raise InterpError(f"{what} {v!r} out of range: model has {n} {unit} (0–{n - 1})")
-    return sorted({int(v) for v in values})
-
-
 def _thresholds(threshold: Any) -> dict[str, float]:
     out = dict(THRESHOLDS)
     if threshold is None:
@@ -230,15 +217,8 @@ class _Options:
     def __init__(self, kinds, heads, exclude_bos, exclude_current, measure, positions):
         self.kinds, self.heads, self.measure, self.positions = kinds, heads, measure, positions
         self.eb, self.ec = exclude_bos, exclude_current
-        if positions is not None and not isinstance(positions, slice):
-            if isinstance(positions, int) and not isinstance(positions, bool):
-                positions = [positions]
-            if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
-                raise InterpError(f"positions must be a slice or a list of ints, not {positions!r}")
-            positions = list(positions)
-            if not positions or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) for p in positions):
-                raise InterpError(f"positions must be a non-empty list of ints, not {positions!r}")
-            self.positions = [int(p) for p in positions]
+        if isinstance(positions, str):
+            self.positions = select.parse_positions(positions)
 
 
 # ---------------------------------------------------------------------------- the scan
@@ -266,7 +246,7 @@ def _scan(model: HookedGPT2, seqs: list[Tensor], layers: list[int], opts: _Optio
         tokens = torch.full((len(idx), width), int(seqs[idx[0]][0]), dtype=torch.long, device=model.cfg.device)
         for row, i in enumerate(idx):
             tokens[row, : len(seqs[i])] = seqs[i]
-        with _one_thread():
+        with one_thread():
             masks = _masks(tokens, lengths[idx].to(tokens.device), opts)
         n, d = _run_batch(model, tokens, masks, layers, opts)
         num[idx], den[idx] = n, d
@@ -332,12 +312,9 @@ def _position_filter(positions: Any, lengths: Tensor, P: int) -> Bool[Tensor, "b
     B = len(lengths)
     if positions is None:
         return torch.ones(B, P, dtype=torch.bool, device=lengths.device)
-    out = torch.zeros(B, P, dtype=torch.bool, device=lengths.device)
-    for b, n in enumerate(lengths.tolist()):
-        idx = range(n)[positions] if isinstance(positions, slice) else [p + n if p < 0 else p for p in positions]
-        idx = [p for p in idx if 0 <= p < n]
-        out[b, idx] = True
-    return out
+    real = torch.arange(P, device=lengths.device)[None] < lengths[:, None]  # right padding
+    batch = Batch(torch.zeros(B, P, dtype=torch.long, device=lengths.device), real)
+    return select.positions(batch, positions, ragged="skip").mask(P)
 
 
 def _run_batch(model: HookedGPT2, tokens: Tensor, masks: _Masks, layers: list[int], opts: _Options):
@@ -351,42 +328,16 @@ def _run_batch(model: HookedGPT2, tokens: Tensor, masks: _Masks, layers: list[in
     def hook(pattern: Tensor, name: str) -> None:
         layer = int(name.split(".")[1])
         A = pattern if heads is None else pattern.index_select(1, heads)
-        with _one_thread():
+        with one_thread():
             values, mass = _per_query(A.detach().to(torch.float64 if A.dtype == torch.float64 else torch.float32), masks, opts)
             # Sum over the scored query positions of each kind: [batch, head, kind].
             num[:, layers.index(layer)] = torch.einsum("kbhq,kbq->bhk", values.double(), w).cpu().numpy()
             den[:, layers.index(layer)] = torch.einsum("bhq,kbq->bhk", mass.double(), w).cpu().numpy()
-        if layer == last:
-            raise _Done
 
-    try:
-        model.forward(tokens, stop_at_layer=last + 1, hooks=[(f"blocks.{l}.attn.hook_pattern", hook) for l in layers])
-    except _Done:
-        pass
+    # Nothing after the last needed pattern is computed (later heads' outputs, MLPs, the unembedding).
+    model.forward(tokens, stop_after=f"blocks.{last}.attn.hook_pattern",
+                  hooks=[(f"blocks.{l}.attn.hook_pattern", hook) for l in layers])
     return num, den
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run the reductions on one thread.
-
-    They are a few dozen small, memory-bound operations per layer. On a machine
-    whose cores are shared (the usual case for a laptop or a CI runner), every
-    multi-threaded operation waits at a barrier for a thread the OS may have
-    descheduled: measured here with 2 threads under load, the spread reduction took
-    250 ms per layer instead of 28 ms on one thread. On an idle machine one thread
-    costs at most the reductions' own parallel speed-up, a few per cent of the pass;
-    the forward pass itself (the matmuls) keeps every thread.
-    """
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _per_query(A: Float[Tensor, "batch n_heads query_pos key_pos"], masks: _Masks, opts: _Options):

@@ -5,12 +5,10 @@ attention layer (``resid_mid``) and after each MLP (``resid_post``) — the resi
 at a few chosen positions is read with the model's own final LayerNorm and unembedding.
 At the last boundary that is exactly the model's output; earlier ones show the answer forming.
 
-Three views:
+Two views (and :mod:`analyses.dla`, each component's direct contribution to a logit):
 
 * :func:`logit_lens` — top-k tokens (and a target token's probability and rank) per boundary,
   as a tidy DataFrame; :func:`lens_logits` gives the raw lens logits as a tensor.
-* :func:`direct_logit_attribution` — each head's, MLP's, embedding's and bias's direct
-  contribution to a target logit (or a logit difference), summing exactly to it.
 * ``unembed="pinv"`` — a second unembedding, the minimum-norm least-squares inverse of the
   embedding (:func:`pinv_unembedding`), compared against ``W_U`` in the output.
 
@@ -25,7 +23,6 @@ holds — in folded models that includes ``ln_f``'s gain.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -38,20 +35,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp import select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
-from interp.tokens import Batch
+from interp.tokens import Batch, decoder
 
-__all__ = [
-    "logit_lens",
-    "lens_logits",
-    "LensLogits",
-    "direct_logit_attribution",
-    "pinv_unembedding",
-    "lens_summary",
-    "plot_logit_lens",
-    "UNEMBEDDINGS",
-]
+__all__ = ["logit_lens", "lens_logits", "LensLogits", "pinv_unembedding", "lens_summary", "UNEMBEDDINGS"]
 
 #: The lenses: read the residual stream with the model's unembedding, or with the embedding's pseudo-inverse.
 UNEMBEDDINGS = {"wu": "W_U, the model's unembedding", "pinv": "pinv(W_E), the min-norm least-squares inverse of the embedding"}
@@ -72,79 +61,18 @@ def _boundaries(n_layers: int, resid_post_only: bool) -> list[tuple[str, str, in
 def _positions(batch: Batch, positions: Any) -> tuple[Tensor, Tensor, Tensor]:
     """Per prompt: (index into the padded tensor, index among its real tokens, valid) ``[batch, n]``.
 
-    Positions count each prompt's real tokens (BOS = 0; negative from its last real token), so they
-    mean the same with left or right padding. ``None`` = the last real token of each prompt.
+    :mod:`interp.select`'s positions (real tokens counted, BOS = 0; default the last real token).
     """
-    lengths = batch.lengths.tolist()
-    if positions is None:
-        per_prompt = [[n - 1] for n in lengths]
-    elif isinstance(positions, str) and positions == "all":
-        per_prompt = [list(range(n)) for n in lengths]
-    elif isinstance(positions, slice):
-        per_prompt = [list(range(n))[positions] for n in lengths]
-        if not all(per_prompt):
-            raise InterpError(f"positions {positions} select no token of some prompt (lengths {lengths})")
-    else:
-        if isinstance(positions, Tensor):
-            positions = positions.tolist()
-        items = [positions] if isinstance(positions, (int, np.integer)) else positions
-        try:
-            items = list(items)
-        except TypeError:
-            items = [None]
-        if not items or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in items):
-            raise InterpError(f"positions must be an int, a list of ints, a slice or 'all', not {positions!r}")
-        per_prompt = []
-        for i, n in enumerate(lengths):
-            for p in items:
-                if not -n <= p < n:
-                    raise InterpError(
-                        f"position {int(p)} out of range for prompt {i}: it has {n} tokens (BOS included), "
-                        f"so positions 0–{n - 1} or {-n}–-1"
-                    )
-            per_prompt.append([int(p) % n for p in items])
-    width = max(len(p) for p in per_prompt)
-    rel = torch.zeros(len(lengths), width, dtype=torch.long)
-    valid = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for i, ps in enumerate(per_prompt):
-        rel[i, : len(ps)], valid[i, : len(ps)] = torch.tensor(ps, dtype=torch.long), True
-    first_real = batch.attention_mask.int().argmax(-1).cpu()  # 0 with right padding
-    return (rel + first_real[:, None]).to(batch.tokens.device), rel, valid
-
-
-def _token_id(model: HookedGPT2, token: Any, what: str) -> int:
-    tok = model.tokenizer
-    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
-        if not 0 <= token < model.cfg.d_vocab:
-            raise InterpError(f"{what} id {token} out of range: vocabulary has {model.cfg.d_vocab} tokens")
-        return int(token)
-    if not isinstance(token, str):
-        raise InterpError(f"{what} must be a token string or a token id, not {type(token).__name__}")
-    ids = tok(token, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [tok.decode([i]) for i in ids]
-        hint = " (GPT-2 words usually start with a space: ' Paris')" if len(ids) > 1 else ""
-        raise InterpError(f"{what} {token!r} is {len(ids)} tokens: {pieces}; give a single token{hint}")
-    if tok.unk_token_id is not None and ids[0] == tok.unk_token_id and token != tok.unk_token:
-        raise InterpError(f"{what} {token!r} is not in the vocabulary (it tokenises to {tok.unk_token!r})")
-    return ids[0]
+    p = select.positions(batch, positions)
+    return p.cols, p.rel.cpu(), p.valid.cpu()
 
 
 def _token_ids(model: HookedGPT2, token: Any, n_prompts: int, what: str) -> Optional[Tensor]:
     """One token id per prompt (a single token is shared), or None."""
-    if token is None:
-        return None
-    if isinstance(token, (list, tuple)):
-        if len(token) != n_prompts:
-            raise InterpError(f"got {len(token)} {what}s for {n_prompts} prompts: give one, or one per prompt")
-        return torch.tensor([_token_id(model, t, what) for t in token])
-    return torch.full((n_prompts,), _token_id(model, token, what))
+    return None if token is None else select.token_ids(model, token, n_prompts, what).cpu()
 
 
 # ---------------------------------------------------------------------------- the lenses
-_PINV_CACHE: "weakref.WeakKeyDictionary[HookedGPT2, tuple]" = weakref.WeakKeyDictionary()
-
-
 def pinv_unembedding(model: HookedGPT2) -> Float[Tensor, "d_model d_vocab"]:
     """The minimum-norm least-squares inverse of the embedding: ``pinv(W_E)``, ``[d_model, d_vocab]``.
 
@@ -154,7 +82,7 @@ def pinv_unembedding(model: HookedGPT2) -> Float[Tensor, "d_model d_vocab"]:
     the ``d_model × d_model`` Gram matrix ``W_Eᵀ W_E``, inverted on its range (folded models centre
     ``W_E``, so the all-ones direction is in its null space), with ``torch.linalg.pinv``'s default
     cutoff. Returned transposed, to read row vectors as ``x @ pinv_unembedding(model)``; computed
-    in float64, once per model (cached until ``W_E`` changes).
+    in float64, once per model (``model.cached``; weights are never changed in place).
 
     >>> import interp
     >>> from interp.testing import random_gpt2_hf
@@ -164,13 +92,10 @@ def pinv_unembedding(model: HookedGPT2) -> Float[Tensor, "d_model d_vocab"]:
     >>> bool(torch.allclose(B @ m.W_E, torch.eye(m.cfg.d_model), atol=1e-4))   # a left inverse of W_E
     True
     """
-    W_E = model.W_E
-    # An inference-mode tensor has no version counter (and cannot be modified in place anyway).
-    version = None if W_E.is_inference() else W_E._version
-    key = (W_E.data_ptr(), version, W_E.dtype, W_E.device)
-    hit = _PINV_CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    return model.cached("pinv_unembedding", lambda: _pinv(model.W_E))
+
+
+def _pinv(W_E: Tensor) -> Tensor:
     with torch.no_grad():
         E = W_E.to(torch.float64)
         lam, V = torch.linalg.eigh(E.T @ E)  # d_model × d_model: never a d_vocab × d_vocab matrix
@@ -179,9 +104,7 @@ def pinv_unembedding(model: HookedGPT2) -> Float[Tensor, "d_model d_vocab"]:
         gram_pinv = (V[:, keep] / lam[keep]) @ V[:, keep].T
         # The Gram matrix and its inverse need float64 (its condition number is W_E's squared); the
         # product with W_E does not, and in W_E's own precision it is 2-3× faster on a CPU.
-        B = (gram_pinv.to(W_E.dtype) @ W_E.T).contiguous()
-    _PINV_CACHE[model] = (key, B)
-    return B
+        return (gram_pinv.to(W_E.dtype) @ W_E.T).contiguous()
 
 
 def _lens(model: HookedGPT2, unembed: str, final_ln: bool) -> Callable[[Tensor], Tensor]:
@@ -414,127 +337,7 @@ def _reduce(scores: Tensor, k: int, targets: Optional[Tensor], wu: Optional[Tens
 
 
 def _decoder(model: HookedGPT2) -> Callable[[int], str]:
-    cache: dict[int, str] = {}
-
-    def text(i) -> str:
-        i = int(i)
-        if i not in cache:
-            cache[i] = model.tokenizer.decode([i])
-        return cache[i]
-
-    return text
-
-
-# ---------------------------------------------------------------------------- direct logit attribution
-def direct_logit_attribution(
-    model: HookedGPT2,
-    inputs: Any,
-    target: Any,
-    *,
-    contrast: Any = None,
-    positions: Any = None,
-    prepend_bos: bool = True,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Each component's direct contribution to a target token's logit (or to ``target - contrast``).
-
-    The final residual stream is a sum of its writers (:func:`interp.residual.decompose_resid`):
-    embeddings, each head, each layer's attention bias, each MLP. The final LayerNorm is linear
-    once its scale is frozen at the clean run's value ``σ`` (the standard linearisation), so
-    component ``c`` contributes ``((x_c - mean(x_c)) / σ) · (w ⊙ u)`` with ``u`` the target's
-    unembedding column (minus the contrast's) and ``w`` ``ln_f``'s gain (1 when folded); the
-    ``unembed bias`` row holds ``ln_f``'s bias through ``u`` plus ``b_U``. The rows sum to the
-    model's own logit (difference), given in ``total``, to float precision. A contribution is what
-    the logit would lose if that component's direct path were removed with ``σ`` held fixed.
-
-    Args:
-        target: one token (a string of exactly one token, or an id), or one per prompt.
-        contrast: optional second token (or one per prompt): attribute the logit difference.
-        positions: as in :func:`logit_lens`; default the last real token of each prompt.
-
-    Returns:
-        One row per prompt, position and component: ``prompt, position, input_token, component,
-        kind`` (``embed, pos_embed, head, attn_bias, mlp, unembed_bias``), ``layer, head``
-        (nullable), ``target, contrast, contribution, total``.
-
-    >>> from interp.testing import planted_model
-    >>> df = direct_logit_attribution(planted_model(), "a b c d a b c", "d")
-    >>> top = df.loc[df["contribution"].abs().idxmax()]
-    >>> top["component"], bool(abs(df["contribution"].sum() - top["total"]) < 1e-3)
-    ('L1H0', True)
-    """
-    _check_options(model, 1, "wu", True)
-    with torch.no_grad():
-        batch = model.to_batch(inputs, prepend_bos=prepend_bos)
-        t_ids = _token_ids(model, target, len(batch), "target").to(model.cfg.device)
-        c_ids = _token_ids(model, contrast, len(batch), "contrast")
-        c_ids = None if c_ids is None else c_ids.to(model.cfg.device)
-        cols, rel, valid = _positions(batch, positions)
-        u = model.lnf_w[:, None] * model.W_U[:, t_ids]  # [d_model, batch]: the direction each logit reads
-        bias = model.lnf_b @ model.W_U[:, t_ids] + model.b_U[t_ids]
-        if c_ids is not None:
-            u = u - model.lnf_w[:, None] * model.W_U[:, c_ids]
-            bias = bias - model.lnf_b @ model.W_U[:, c_ids] - model.b_U[c_ids]
-        cfg = model.cfg
-        n_comp = 2 + cfg.n_layers * (cfg.n_heads + 2)
-        # decompose_resid holds every component at every position: chunk prompts to bound that memory.
-        per_prompt = n_comp * batch.tokens.shape[1] * cfg.d_model * 4
-        size = max(1, _CHUNK_BYTES * 2 // per_prompt)
-        contrib, totals, labels = [], [], None
-        for s in tqdm(range(0, len(batch), size), desc="direct logit attribution",
-                      disable=None if progress else True, leave=False):
-            sub = Batch(batch.tokens[s : s + size], batch.attention_mask[s : s + size])
-            d = model.decompose_resid(sub, cfg.n_layers - 1, "post")
-            labels = d.labels
-            r = torch.arange(len(sub), device=cols.device)[:, None]
-            comps, resid = d.components[:, r, cols[s : s + size]], d.resid[r, cols[s : s + size]]
-            sigma = (resid.var(-1, unbiased=False, keepdim=True) + cfg.eps).sqrt()  # frozen from the clean run
-            centred = (comps - comps.mean(-1, keepdim=True)) / sigma
-            uu = u[:, s : s + size].T  # [sub, d_model]
-            contrib.append(torch.einsum("cipm,im->cip", centred, uu).cpu())
-            logits = model.unembed(resid)  # the model's own logits at these positions
-            tot = logits.gather(-1, t_ids[s : s + size, None, None].expand(-1, resid.shape[1], 1))[..., 0]
-            if c_ids is not None:
-                tot = tot - logits.gather(-1, c_ids[s : s + size, None, None].expand(-1, resid.shape[1], 1))[..., 0]
-            totals.append(tot.cpu())
-        contrib_t = torch.cat(contrib, 1)  # [component, batch, pos]
-        contrib_t = torch.cat([contrib_t, bias.cpu()[None, :, None].expand(1, -1, contrib_t.shape[2])])
-        total = torch.cat(totals)
-
-    labels = [*labels, "unembed bias"]
-    tok_text = _decoder(model)
-    prompt_of = torch.arange(len(batch))[:, None].expand_as(rel)[valid].numpy()
-    n_c, n = len(labels), len(prompt_of)
-    kinds, layers, heads = zip(*(_kind(lab) for lab in labels))
-    input_ids = batch.tokens[torch.as_tensor(prompt_of, device=cols.device), cols[valid.to(cols.device)]].cpu().numpy()
-    df = pd.DataFrame({
-        "prompt": np.tile(prompt_of, n_c),
-        "position": np.tile(rel[valid].numpy(), n_c),
-        "input_token": np.tile(np.array([tok_text(i) for i in input_ids], dtype=object), n_c),
-        "component": np.repeat(np.array(labels, dtype=object), n),
-        "kind": np.repeat(np.array(kinds, dtype=object), n),
-        "layer": pd.array(np.repeat(np.array(layers, dtype=object), n), dtype="Int64"),
-        "head": pd.array(np.repeat(np.array(heads, dtype=object), n), dtype="Int64"),
-        "target": np.tile([tok_text(int(t_ids[p])) for p in prompt_of], n_c),
-        "contrast": np.tile([None if c_ids is None else tok_text(int(c_ids[p])) for p in prompt_of], n_c),
-        "contribution": contrib_t[:, valid].reshape(-1).numpy(),
-        "total": np.tile(total[valid].numpy(), n_c),
-    })
-    df = df.sort_values(["prompt", "position"], kind="stable").reset_index(drop=True)
-    df.attrs.update(fold_ln=model.cfg.fold_ln, model=model.cfg.name)
-    return df
-
-
-def _kind(label: str) -> tuple[str, Optional[int], Optional[int]]:
-    if label in ("embed", "pos_embed"):
-        return label, None, None
-    if label == "unembed bias":
-        return "unembed_bias", None, None
-    layer, _, rest = label[1:].partition(" ")
-    if not rest:  # "L3H7"
-        layer, head = layer.split("H")
-        return "head", int(layer), int(head)
-    return {"attn bias": "attn_bias", "mlp": "mlp"}[rest], int(layer), None
+    return decoder(model.tokenizer)
 
 
 # ---------------------------------------------------------------------------- reading the table
@@ -566,70 +369,3 @@ def lens_summary(df: pd.DataFrame, prompt: int = 0) -> pd.DataFrame:
 def _pct(p: Any) -> str:
     p = float(p)
     return f"{100 * p:.1f}%" if p >= 0.001 else f"{100 * p:.2g}%"
-
-
-def plot_logit_lens(df: pd.DataFrame, path: Any, *, prompt: int = 0, title: str = "") -> Path:
-    """The familiar grid for one prompt, and the target's probability across boundaries.
-
-    Left panel: boundaries (embeddings at the bottom) × positions; each cell shows the lens's top
-    token, coloured by its probability. Right panel (when the table has a target): the target's
-    probability at each boundary, one line per position, on a log scale. Written atomically;
-    the format follows the suffix (.png, .svg, .pdf).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from interp.export import save_figure
-
-    sub = df[(df["prompt"] == prompt) & (df["rank"] == 1)]
-    if sub.empty:
-        raise InterpError(f"prompt {prompt} not in the table (it has prompts {sorted(df['prompt'].unique())})")
-    positions = sorted(sub["position"].unique())
-    n_b = int(sub["boundary"].max()) + 1
-    labels = sub.drop_duplicates("boundary").sort_values("boundary")["label"].tolist()
-    inputs = sub.drop_duplicates("position").set_index("position")["input_token"]
-    grid = np.full((n_b, len(positions)), np.nan)
-    text = np.full((n_b, len(positions)), "", dtype=object)
-    col = {p: j for j, p in enumerate(positions)}
-    for r in sub.itertuples():
-        grid[r.boundary, col[r.position]] = r.prob
-        text[r.boundary, col[r.position]] = r.token
-    has_target = "target_prob" in sub
-    width = min(2 + 0.9 * len(positions), 40)
-    fig, axes = plt.subplots(
-        1, 2 if has_target else 1, figsize=(width + (5 if has_target else 0), 1.5 + 0.38 * n_b), squeeze=False,
-        gridspec_kw={"width_ratios": [width, 5] if has_target else [1], "wspace": 0.45},
-    )
-    ax = axes[0, 0]
-    im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower")
-    if grid.size <= 1500:
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, _short(text[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if v > 0.6 else "black")
-    ax.set_yticks(range(n_b), labels)
-    ax.set_xticks(range(len(positions)), [f"{_short(inputs[p])}\n{p}" for p in positions], fontsize=7)
-    ax.set_xlabel("input token / position (the lens predicts the next token)")
-    ax.set_ylabel("residual stream after")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="top-1 probability")
-    if has_target:
-        tax = axes[0, 1]
-        for p in positions:
-            curve = sub[sub["position"] == p].sort_values("boundary")
-            tax.plot(curve["boundary"], curve["target_prob"], marker="o", label=f"pos {p}")
-        tax.set_yscale("log")
-        tax.set_xticks(range(n_b), labels, rotation=90, fontsize=7)
-        tax.set_ylabel("probability (log scale)")
-        tax.set_title(f"P({sub['target'].iloc[0]!r})")
-        if len(positions) <= 10:
-            tax.legend(fontsize=7)
-    lens = "W_U" if df.attrs.get("unembed", sub["unembed"].iloc[0]) == "wu" else "pinv(W_E)"
-    ln = "final LN" if bool(sub["final_ln"].iloc[0]) else "no final LN"
-    fig.suptitle(title or f"logit lens ({lens}, {ln})")
-    return save_figure(fig, path, dpi=150)
-
-
-def _short(token: str, n: int = 8) -> str:
-    token = token.replace("\n", "\\n")
-    return token if len(token) <= n else token[: n - 1] + "…"

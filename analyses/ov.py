@@ -55,8 +55,10 @@ import torch.nn.functional as F
 from jaxtyping import Complex, Float
 from torch import Tensor
 
+from interp import select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
+from interp.threads import one_thread as _one_thread  # noqa: F401 (kept under its old name for callers)
 
 __all__ = [
     "ov_svd",
@@ -88,23 +90,6 @@ def _heads_index(model: HookedGPT2, layer: Any, head: Any) -> tuple:
     return model.check_head(layer, head)
 
 
-def _check_heads(model: HookedGPT2, heads: Any) -> list[tuple[int, int]]:
-    """``(layer, head)`` or a list of them -> a checked list without repeats."""
-    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, int) for x in heads):
-        heads = [heads]
-    if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence) or not heads:
-        raise InterpError(f"heads must be a (layer, head) pair or a non-empty list of them, not {heads!r}")
-    out: list[tuple[int, int]] = []
-    for item in heads:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise InterpError(f"heads must be (layer, head) pairs, got {item!r}")
-        lh = model.check_head(*item)
-        if lh in out:
-            raise InterpError(f"head L{lh[0]}H{lh[1]} given twice")
-        out.append(lh)
-    return out
-
-
 def _check_rank(model: HookedGPT2, k: Any) -> int:
     d = model.cfg.d_head
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= d:
@@ -113,21 +98,6 @@ def _check_rank(model: HookedGPT2, k: Any) -> int:
 
 
 # ---------------------------------------------------------------------------- the factorisations
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small batched LAPACK calls (thin QRs, ``d_head``-sized SVDs and eigensolves) on one thread.
-
-    They are too small to gain from threads, and on a busy machine the BLAS threads' spin-waiting
-    made them 20-100x slower: 4-30 s instead of 0.2 s for GPT-2 small's 144 heads on 2 shared cores.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _factored_svd(W_V: Tensor, W_O: Tensor, vectors: bool = True):
     """SVD of ``W_V @ W_O`` through two thin QRs and a ``d_head × d_head`` SVD, batched.
 
@@ -386,15 +356,16 @@ def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
         k: the rank kept, 0–d_head (the same for every head given).
 
     >>> import torch
-    >>> from interp.testing import planted_model, repeated_tokens
+    >>> from interp.testing import planted_model
+    >>> from interp.probes import repeated_tokens
     >>> model = planted_model()
-    >>> tokens = repeated_tokens(model.cfg.d_vocab, n_prompts=1, half=8)
+    >>> tokens = repeated_tokens(model, n_prompts=1, half=8)
     >>> with low_rank_ov(model, (1, 0), k=32):          # the induction head's full rank: no change
     ...     same = model(tokens)
     >>> bool(torch.allclose(same, model(tokens), atol=1e-4)), model.has_hooks
     (True, False)
     """
-    heads, k = _check_heads(model, heads), _check_rank(model, k)
+    heads, k = select.heads(model, heads, sort=False), _check_rank(model, k)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -468,12 +439,13 @@ def rank_k_loss(
         over real tokens and ``delta = loss - clean_loss``; ``delta`` is ~0 once ``k`` reaches the
         rank the head uses on this text.
 
-    >>> from interp.testing import planted_model, repeated_tokens
+    >>> from interp.testing import planted_model
+    >>> from interp.probes import repeated_tokens
     >>> model = planted_model()
-    >>> tokens = repeated_tokens(model.cfg.d_vocab, n_prompts=4, half=12)
+    >>> tokens = repeated_tokens(model, n_prompts=4, half=12)
     >>> df = rank_k_loss(model, tokens, heads=[(1, 0)], ks=[0, 32])
     >>> df[["k", "loss", "clean_loss"]].round(2).to_dict("records")   # k = 0: log 32, it knows nothing
-    [{'k': 0, 'loss': 3.47, 'clean_loss': 3.14}, {'k': 32, 'loss': 3.14, 'clean_loss': 3.14}]
+    [{'k': 0, 'loss': 3.47, 'clean_loss': 2.49}, {'k': 32, 'loss': 2.49, 'clean_loss': 2.49}]
     """
     from tqdm.auto import tqdm
 
@@ -481,7 +453,7 @@ def rank_k_loss(
 
     cfg = model.cfg
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else heads
-    heads = _check_heads(model, heads)
+    heads = select.heads(model, heads, sort=False)
     ks = default_ranks(cfg.d_head) if ks is None else [_check_rank(model, k) for k in ks]
     if not ks:
         raise InterpError("no ranks given: pass ks=[...] with values 0–d_head, or None for the default")
@@ -515,39 +487,3 @@ def rank_k_loss(
     clean /= n_tokens
     rows = [(layer, head, k, s / n_tokens, clean, s / n_tokens - clean) for (layer, head, k), s in zip(runs, sums)]
     return pd.DataFrame(rows, columns=["layer", "head", "k", "loss", "clean_loss", "delta"])
-
-
-# ---------------------------------------------------------------------------- figure
-def save_spectra_figure(spectrum: pd.DataFrame, path: Any, title: str = "") -> Any:
-    """Plot every head's spectrum (σ_k, log scale) and cumulative energy, coloured by layer.
-
-    ``spectrum`` is an :func:`ov_spectrum` table; the file is written atomically (png, svg or pdf).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from interp.export import save_figure
-
-    for col in ("layer", "head", "k", "sigma", "cum_energy"):
-        if col not in spectrum.columns:
-            raise InterpError(f"column {col!r} missing from the spectrum table (has {', '.join(spectrum.columns)})")
-    n_layers = int(spectrum["layer"].max()) + 1
-    cmap = plt.get_cmap("viridis", max(n_layers, 2))
-    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-    for (layer, _), g in spectrum.groupby(["layer", "head"], sort=True):
-        color = cmap(layer)
-        pos = g[g["sigma"] > 0]
-        if len(pos):
-            ax_s.plot(pos["k"], pos["sigma"], color=color, lw=0.8, alpha=0.7)
-            ax_e.plot(g["k"], g["cum_energy"], color=color, lw=0.8, alpha=0.7)
-    ax_s.set(yscale="log", xlabel="k", ylabel="σ_k", title="singular values of W_OV")
-    ax_e.set(xlabel="k", ylabel="share of Σσ² in the top k", title="cumulative energy", ylim=(0, 1.02))
-    for q in ENERGY_LEVELS:
-        ax_e.axhline(q, color="grey", lw=0.5, ls="--")
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-0.5, n_layers - 0.5))
-    fig.colorbar(sm, ax=[ax_s, ax_e], label="layer", fraction=0.03, ticks=range(n_layers))
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path, dpi=150)

@@ -1,9 +1,10 @@
-"""Ablating attention heads: scoped, exact, and fast enough to scan every head.
+"""Ablating attention heads: scoped and exact.
 
 "What does this head do?" is answered by removing it. :func:`ablate` removes heads
 for the duration of a ``with`` block; :func:`ablation_hooks` gives the same edit as
-a hook list for ``model.run(..., hooks=...)``; :func:`scan` ablates each head (or
-each layer, or your own sets of heads) in turn and tabulates how a metric changes.
+a hook list for ``model.run(..., hooks=...)``; :func:`interp.scan.scan` ablates each
+head (or each layer, or your own sets of heads) in turn and tabulates how a metric
+changes.
 
 Methods (the ``method=`` argument)
 ----------------------------------
@@ -42,37 +43,24 @@ Reference statistics (``mean``, ``mean_pos``, ``resample`` with a reference) des
 clean model: they come from one pass over the reference when the ablation is set up,
 with any hooks already attached set aside. So nested ablations equal ablating all
 their heads at once, whatever order they are nested in.
-
-Why the scan is fast and still exact
-------------------------------------
-Ablating a head of layer L changes nothing before layer L, and for the ``zero``,
-``mean`` and ``resample`` methods layer L's attention output changes by a known
-term: ``resid_mid' = resid_mid − z_h W_O[h] + z'_h W_O[h]``. So :func:`scan` runs the
-clean model once, keeping each needed layer's ``resid_mid`` and the change in each
-head's ``z``; each ablated variant then starts at layer L's MLP
-(``model.forward(..., start_at_mid=True)``), variants are stacked along the batch
-(in chunks that bound memory), and only the positions the metric reads are
-unembedded. The result equals the obvious loop (one full ablated forward per
-head) to float rounding; ``fast=False`` runs that loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 from torch import Tensor
 
 from . import hooks as hk
+from . import select
 from .errors import InterpError
-from .metrics import Metric, resolve_metric
 from .model import HookedGPT2
 from .tokens import Batch
 
-__all__ = ["ablate", "ablation_hooks", "scan", "parse_heads", "text_batch", "METHODS"]
+__all__ = ["ablate", "ablation_hooks", "METHODS"]
 
 #: Ablation methods and what each puts in place of a head (see the module docs).
 METHODS: dict[str, str] = {
@@ -86,49 +74,8 @@ KEY_NAMES = ("previous", "self", "bos")
 Head = tuple[int, int]
 
 
-# ---------------------------------------------------------------------------- which heads
-def parse_heads(model: HookedGPT2, heads: Any) -> list[Head]:
-    """Sorted, de-duplicated ``(layer, head)`` pairs, each checked against the model.
-
-    Accepts a ``(layer, head)`` pair, a string ``"4.11"`` / ``"L4H11"`` / ``"4.*"`` (every
-    head of layer 4), or a list of those.
-
-    >>> from interp.testing import planted_model
-    >>> parse_heads(planted_model(), ["1.0", (0, 3), "L0H3"])
-    [(0, 3), (1, 0)]
-    """
-    if heads is None:
-        raise InterpError("no heads given: pass e.g. heads=[(4, 11)] or heads='4.11'")
-    single = isinstance(heads, str) or (isinstance(heads, tuple) and len(heads) == 2 and not isinstance(heads[0], (tuple, str)))
-    items = [heads] if single else list(heads)
-    out: set[Head] = set()
-    for item in items:
-        if isinstance(item, str):
-            m = re.fullmatch(r"\s*L?(\d+)(?:\.|H)(\d+|\*)\s*", item)
-            if not m:
-                raise InterpError(f"cannot read head {item!r}: write 'layer.head' ('4.11'), 'L4H11' or 'layer.*' ('4.*')")
-            layer = model.check_layer(int(m.group(1)))
-            if m.group(2) == "*":
-                out.update((layer, h) for h in range(model.cfg.n_heads))
-                continue
-            item = (layer, int(m.group(2)))
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise InterpError(f"a head is a (layer, head) pair or a string like '4.11', not {item!r}")
-        out.add(model.check_head(*item))
-    return sorted(out)
-
-
-def _label(model: HookedGPT2, heads: list[Head]) -> str:
-    """'L4H11', 'L5' (every head of layer 5), 'L0H5+L5', or 'none'."""
-    parts = []
-    for layer in sorted({l for l, _ in heads}):
-        mine = [h for l, h in heads if l == layer]
-        parts += [f"L{layer}"] if len(mine) == model.cfg.n_heads else [f"L{layer}H{h}" for h in mine]
-    return "+".join(parts) or "none"
-
-
 # ---------------------------------------------------------------------------- methods
-class _Ablator:
+class Ablator:
     """One ablation method made ready for a model: reference statistics computed, rules fixed.
 
     :meth:`replace` is the whole method: given a layer's ``z`` (or pattern) and which
@@ -271,16 +218,6 @@ def _derangement(n: int, seed: int) -> Tensor:
     return d
 
 
-@contextlib.contextmanager
-def _clean(model: HookedGPT2) -> Iterator[None]:
-    """Set attached hooks aside (restored on exit, error or not): reference statistics describe the clean model."""
-    attached, model._hooks = model._hooks, {}
-    try:
-        yield
-    finally:
-        model._hooks = attached
-
-
 def _reference_batches(model: HookedGPT2, reference: Any, tokens_per_pass: int = 16384) -> Iterator[Batch]:
     batch = model.to_batch(reference)
     step = max(1, tokens_per_pass // batch.tokens.shape[1])
@@ -295,7 +232,7 @@ def _reference_means(model: HookedGPT2, reference: Any, layers: list[int], per_p
     shape = (P if per_position else 1, cfg.n_heads, cfg.d_head)
     sums = {layer: torch.zeros(shape, dtype=torch.float64, device=cfg.device) for layer in layers}
     counts = torch.zeros(shape[0], dtype=torch.float64, device=cfg.device)
-    with torch.no_grad(), _clean(model):
+    with torch.no_grad(), model.hooks_suspended():
         for batch in _reference_batches(model, reference):
             real = batch.attention_mask
             where = batch.position_ids[real] if per_position else torch.zeros(int(real.sum()), dtype=torch.long, device=cfg.device)
@@ -314,7 +251,7 @@ def _reference_means(model: HookedGPT2, reference: Any, layers: list[int], per_p
 def _reference_z(model: HookedGPT2, reference: Any, layers: list[int]) -> dict[int, Tensor]:
     """The reference's ``z`` at each layer, ``[n_ref, pos, n_heads, d_head]``."""
     kept: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    with torch.no_grad(), _clean(model):
+    with torch.no_grad(), model.hooks_suspended():
         for batch in _reference_batches(model, reference):
             model.forward(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=max(layers) + 1,
                           hooks=[(hk.name("z", l), lambda z, name: kept[hk.layer_of(name)].append(z.detach()))
@@ -334,8 +271,8 @@ def ablation_hooks(model: HookedGPT2, heads: Any, method: Any = "zero", *, refer
     >>> [name for name, _ in ablation_hooks(model, ["0.0", "1.*"])]
     ['blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']
     """
-    chosen = parse_heads(model, heads)
-    ablator = _Ablator(model, method, sorted({l for l, _ in chosen}), reference=reference, keys=keys,
+    chosen = select.heads(model, heads)
+    ablator = Ablator(model, method, sorted({l for l, _ in chosen}), reference=reference, keys=keys,
                        renormalize=renormalize, seed=seed)
     return ablator.hooks(chosen)
 
@@ -347,7 +284,8 @@ def ablate(model: HookedGPT2, heads: Any, method: Any = "zero", *, reference: An
 
     Args:
         model: the model to edit (its weights are never touched: the edit is a hook).
-        heads: ``(layer, head)`` pairs, strings ``"4.11"`` / ``"L4H11"``, or ``"4.*"`` for a whole layer.
+        heads: the heads to ablate: ``(layer, head)`` pairs, ``"4.11"``, ``"4.*"`` for a whole layer
+            (:mod:`interp.select`); an empty selection is an error.
         method: ``"zero"``, ``"mean"``, ``"mean_pos"``, ``"resample"`` or ``"pattern"`` (see the module docs).
         reference: prompts, token ids or a Batch: the data ``mean``/``mean_pos`` average over
             (required) and ``resample`` draws from (optional: default, other prompts of the run).
@@ -358,243 +296,21 @@ def ablate(model: HookedGPT2, heads: Any, method: Any = "zero", *, reference: An
 
     Blocks nest and compose: the inner ablation applies on top of the outer one.
 
-    >>> from interp.testing import planted_model, repeated_tokens
+    >>> from interp.testing import planted_model
+    >>> from interp.probes import repeated_tokens
     >>> from interp.metrics import Loss
     >>> model = planted_model()
-    >>> tokens = repeated_tokens(model.cfg.d_vocab, n_prompts=4, half=10)   # [BOS] + r + r
+    >>> tokens = repeated_tokens(model, n_prompts=4, half=10)   # [BOS] + r + r
     >>> repeated_half = Loss(positions=slice(12, None))
     >>> batch = model.to_batch(tokens)
     >>> round(float(repeated_half.from_logits(model, model(tokens), batch)), 1)
-    0.8
+    0.0
     >>> with ablate(model, heads=[(0, 0)]):      # the previous-token head feeding the induction head
     ...     round(float(repeated_half.from_logits(model, model(tokens), batch)), 1)
-    3.0
+    3.3
     >>> model.has_hooks
     False
     """
     with model.hooks(ablation_hooks(model, heads, method, reference=reference, keys=keys,
                                     renormalize=renormalize, seed=seed)):
         yield model
-
-
-# ---------------------------------------------------------------------------- scans
-def _final_resid(model: HookedGPT2, inputs: Tensor, hooks: list, **kwargs) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream after the last block: the metric then unembeds only the positions it reads."""
-    return model.forward(inputs, hooks=hooks, unembed=False, **kwargs)
-
-
-def _variants(model: HookedGPT2, heads: Any, by: Any, variants: Any) -> list[tuple[str, list[Head]]]:
-    if variants is not None:
-        if isinstance(variants, (str, tuple)) or not hasattr(variants, "__iter__"):
-            raise InterpError(f"variants is a list of head sets (or a dict name -> heads), not {variants!r}")
-        if heads is not None or by != "head":
-            raise InterpError("give either variants= (sets of heads ablated together) or heads=/by=, not both")
-        items = variants.items() if isinstance(variants, dict) else [(None, v) for v in variants]
-        out = [(name, parse_heads(model, v) if v else []) for name, v in items]
-        return [(name if name is not None else _label(model, hs), hs) for name, hs in out]
-    chosen = parse_heads(model, heads) if heads is not None else [
-        (l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-    if by == "head":
-        return [(_label(model, [head]), [head]) for head in chosen]
-    if by == "layer":
-        layers = sorted({l for l, _ in chosen})
-        return [(_label(model, hs), hs) for hs in ([x for x in chosen if x[0] == l] for l in layers)]
-    raise InterpError(f"by must be 'head' (each head alone) or 'layer' (each layer's heads together), not {by!r}")
-
-
-def scan(
-    model: HookedGPT2,
-    inputs: Any,
-    metric: Any = "loss",
-    *,
-    heads: Any = None,
-    by: Any = "head",
-    variants: Any = None,
-    method: Any = "zero",
-    reference: Any = None,
-    keys: Any = None,
-    renormalize: bool = False,
-    seed: int = 0,
-    fast: bool = True,
-    chunk_tokens: int = 8192,
-    progress: Optional[bool] = None,
-):
-    """Ablate each head (or each layer, or each set of heads) in turn; tabulate the metric's change.
-
-    Args:
-        model: the model.
-        inputs: prompts, token ids or a Batch to run.
-        metric: ``"loss"`` (mean next-token loss over the text), a :class:`~interp.metrics.Metric`
-            (``Loss(positions=…)``, ``LogitDiff(correct, wrong)``, ``Prob(target)``) or a function
-            of the logits returning a scalar or one value per prompt.
-        heads: the heads to scan (default: every head); see :func:`parse_heads`.
-        by: ``"head"``: each head alone; ``"layer"``: each layer's heads together.
-        variants: instead of heads/by, your own sets of heads, each ablated together: a list of
-            head lists, or a dict ``name -> heads``. An empty set is the clean run.
-        method, reference, keys, renormalize, seed: as :func:`ablate`.
-        fast: reuse the clean run up to each ablated layer (exact; see the module docs).
-            ``False`` runs one full ablated forward per variant. A model with hooks attached
-            is always scanned the slow way, since its hooks may act anywhere.
-        chunk_tokens: how many tokens (variants × prompts × positions) one stacked pass may hold.
-        progress: show a progress bar (default: when stderr is a terminal).
-
-    Returns:
-        One row per variant: ``variant`` (``L4H11``, ``L4``, ``L0H5+L4H11`` or your name), ``layer``
-        and ``head`` (where the variant has one), ``n_heads``, ``method``, ``metric``, ``clean``,
-        ``ablated`` and ``delta = ablated − clean``.
-
-    >>> from interp.testing import planted_model, repeated_tokens
-    >>> from interp.metrics import Loss
-    >>> model = planted_model()
-    >>> tokens = repeated_tokens(model.cfg.d_vocab, n_prompts=4, half=10)   # [BOS] + r + r
-    >>> df = scan(model, tokens, Loss(positions=slice(12, None)), progress=False)   # loss on the repeated half
-    >>> print(df.nlargest(3, "delta")[["variant", "clean", "ablated", "delta"]].round(2).to_string(index=False))
-    variant  clean  ablated  delta
-       L1H0   0.81     3.47   2.66
-       L0H0   0.81     3.00   2.20
-       L0H1   0.81     0.81   0.00
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    runs = _variants(model, heads, by, variants)
-    batch = model.to_batch(inputs)
-    metric = resolve_metric(model, metric)
-    layers = sorted({l for _, hs in runs for l, _ in hs})
-    ablator = _Ablator(model, method, layers, reference=reference, keys=keys, renormalize=renormalize, seed=seed)
-    ablator.check_run(len(batch), batch.tokens.shape[1])
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise InterpError(f"chunk_tokens must be a positive int, not {chunk_tokens!r}")
-    bar = tqdm(total=len(runs), desc=f"ablate ({method})", unit="variant", disable=None if progress is None else not progress)
-    with torch.no_grad(), bar:
-        if fast and not model.has_hooks:
-            clean, values = _scan_fast(model, batch, metric, ablator, [hs for _, hs in runs], chunk_tokens, bar)
-        else:
-            clean, values = _scan_naive(model, batch, metric, ablator, [hs for _, hs in runs], bar)
-    rows = []
-    for (name, hs), value in zip(runs, values):
-        one_layer = len({l for l, _ in hs}) == 1
-        rows.append({
-            "variant": name, "layer": hs[0][0] if one_layer else pd.NA, "head": hs[0][1] if len(hs) == 1 else pd.NA,
-            "n_heads": len(hs), "method": method, "metric": metric.name,
-            "clean": clean, "ablated": value, "delta": value - clean,
-        })
-    df = pd.DataFrame(rows, columns=["variant", "layer", "head", "n_heads", "method", "metric", "clean", "ablated", "delta"])
-    return df.astype({"layer": "Int64", "head": "Int64"})
-
-
-def _scan_naive(model, batch: Batch, metric: Metric, ablator: _Ablator, runs: list, bar) -> tuple[float, list[float]]:
-    """The obvious loop: one full forward per variant, every position unembedded."""
-    clean = float(metric.from_logits(model, model(batch.tokens, attention_mask=batch.attention_mask), batch))
-    values = []
-    for hs in runs:
-        with model.hooks(ablator.hooks(hs)):
-            logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        values.append(float(metric.from_logits(model, logits, batch)) if hs else clean)
-        bar.update()
-    return clean, values
-
-
-def _scan_fast(model, batch: Batch, metric: Metric, ablator: _Ablator, runs: list, chunk_tokens: int,
-               bar) -> tuple[float, list[float]]:
-    """Clean run once; each variant resumes at its first ablated layer's MLP; stacked; few positions unembedded."""
-    cfg, B, P = model.cfg, len(batch), batch.tokens.shape[1]
-    starts = sorted({hs[0][0] for hs in runs if hs})
-    everyone = torch.ones(1, cfg.n_heads, dtype=torch.bool, device=cfg.device)
-    mid: dict[int, Tensor] = {}
-    dz: dict[int, Tensor] = {}  # per start layer: (ablated z − clean z) of every head, had it been ablated
-    pattern_z: dict[int, Tensor] = {}
-    v_stash: dict[int, Tensor] = {}
-
-    def keep_mid(x: Tensor, name: str) -> None:
-        mid[hk.layer_of(name)] = x
-
-    def keep_dz(z: Tensor, name: str) -> None:
-        layer = hk.layer_of(name)
-        ablated = pattern_z.pop(layer) if ablator.point == "pattern" else ablator.replace(layer, z, everyone, B)
-        dz[layer] = ablated - z
-
-    def keep_v(v: Tensor, name: str) -> None:
-        v_stash[hk.layer_of(name)] = v
-
-    def ablated_pattern_z(pattern: Tensor, name: str) -> None:
-        # Reduced inside the hook: keep each head's z under the ablated pattern, not the pattern itself.
-        layer = hk.layer_of(name)
-        edited = ablator.replace(layer, pattern, everyone, B)
-        pattern_z[layer] = torch.einsum("bhqk,bkhd->bqhd", edited, v_stash.pop(layer))
-
-    record = []
-    for layer in starts:
-        if ablator.point == "pattern":
-            record += [(hk.name("v", layer), keep_v), (hk.name("pattern", layer), ablated_pattern_z)]
-        record += [(hk.name("z", layer), keep_dz), (hk.name("resid_mid", layer), keep_mid)]
-    final = _final_resid(model, batch.tokens, record, attention_mask=batch.attention_mask)
-    clean = float(metric.from_resid(model, final, batch))
-    del final
-
-    values: dict[int, float] = {i: clean for i, hs in enumerate(runs) if not hs}
-    per_chunk = max(1, chunk_tokens // (B * P))
-    for start in starts:
-        todo = [i for i, hs in enumerate(runs) if hs and hs[0][0] == start]
-        for c in range(0, len(todo), per_chunk):
-            chunk = todo[c : c + per_chunk]
-            resid = torch.cat([mid[start] + _head_delta(model, start, runs[i], dz[start]) for i in chunk])
-            out = _final_resid(
-                model, resid, _later_hooks(model, ablator, [runs[i] for i in chunk], start, B),
-                attention_mask=batch.attention_mask.repeat(len(chunk), 1), start_at_layer=start, start_at_mid=True,
-            )
-            for k, i in enumerate(chunk):
-                values[i] = float(metric.from_resid(model, out[k * B : (k + 1) * B], batch))
-            bar.update(len(chunk))
-        del mid[start], dz[start]
-    bar.update(sum(1 for hs in runs if not hs))
-    return clean, [values[i] for i in range(len(runs))]
-
-
-def _head_delta(model: HookedGPT2, layer: int, heads: list[Head], dz: Tensor) -> Float[Tensor, "batch pos d_model"]:
-    """How ablating ``heads``' of ``layer`` changes resid_mid: Σ_h (z'_h − z_h) W_O[layer, h]."""
-    hs = [h for l, h in heads if l == layer]
-    B, P = dz.shape[:2]
-    return dz[:, :, hs].reshape(B, P, -1) @ model.W_O[layer, hs].reshape(-1, model.cfg.d_model)
-
-
-def _later_hooks(model: HookedGPT2, ablator: _Ablator, runs: list, start: int, group: int) -> list:
-    """Hooks for variants whose heads span several layers: their heads after ``start``, row block by row block."""
-    cfg, out = model.cfg, []
-    for layer in sorted({l for hs in runs for l, _ in hs if l > start}):
-        mask = torch.zeros(len(runs), cfg.n_heads, dtype=torch.bool, device=cfg.device)
-        for k, hs in enumerate(runs):
-            mask[k, [h for l, h in hs if l == layer]] = True
-        rows = mask.repeat_interleave(group, 0)
-
-        def fn(act: Tensor, name: str, layer: int = layer, rows: Tensor = rows) -> Tensor:
-            return ablator.replace(layer, act, rows, group)
-
-        out.append((hk.name(ablator.point, layer), fn))
-    return out
-
-
-# ---------------------------------------------------------------------------- text
-def text_batch(model: HookedGPT2, text: str, window: int = 128, max_windows: Optional[int] = None) -> Batch:
-    """A long text cut into windows of ``window`` tokens (BOS + ``window − 1`` text tokens), the last padded.
-
-    >>> from interp.testing import planted_model
-    >>> text_batch(planted_model(), "a b c d e f g", window=4).tokens.tolist()
-    [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 0, 0]]
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise InterpError("the text is empty")
-    if isinstance(window, bool) or not isinstance(window, int) or not 2 <= window <= model.cfg.n_ctx:
-        raise InterpError(f"window {window!r} out of range: 2–{model.cfg.n_ctx} tokens (the context window)")
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    step = window - 1
-    pieces = [ids[i : i + step] for i in range(0, len(ids), step)][:max_windows]
-    bos = model.tokenizer.bos_token_id
-    tokens = torch.zeros(len(pieces), window, dtype=torch.long)
-    mask = torch.zeros(len(pieces), window, dtype=torch.bool)
-    for i, piece in enumerate(pieces):
-        tokens[i, : 1 + len(piece)] = torch.tensor([bos, *piece])
-        mask[i, : 1 + len(piece)] = True
-    tokens[~mask] = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos
-    width = int(mask.sum(-1).max())
-    return Batch(tokens[:, :width].to(model.cfg.device), mask[:, :width].to(model.cfg.device))

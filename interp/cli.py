@@ -171,7 +171,9 @@ def _cmd_lens(args) -> int:
               f"mean score correlation {cells['wu_corr'].mean():.3f}")
     write_outputs(df, args)
     if args.png:
-        ll.plot_logit_lens(df, args.png)
+        from .plotting import plot_logit_lens
+
+        plot_logit_lens(df, args.png)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
@@ -180,7 +182,9 @@ def _cmd_dla(args, ll) -> int:
     if args.target is None:
         raise InterpError("--dla needs --target TOKEN (and optionally --contrast TOKEN)")
     model = load_model(args)
-    df = ll.direct_logit_attribution(model, args.prompt, args.target, contrast=args.contrast, positions=args.positions)
+    from analyses.dla import direct_logit_attribution
+
+    df = direct_logit_attribution(model, args.prompt, args.target, contrast=args.contrast, positions=args.positions)
     what = f"logit({df['target'].iloc[0]!r})" + (f" - logit({df['contrast'].iloc[0]!r})" if args.contrast else "")
     for pos, cell in df.groupby("position", sort=True):
         print(f"direct logit attribution of {what} at position {pos} ({cell['input_token'].iloc[0]!r}): "
@@ -189,7 +193,7 @@ def _cmd_dla(args, ll) -> int:
         print_table(top[["component", "kind", "layer", "head", "contribution"]])
     write_outputs(df, args)
     if args.png:
-        from .export import heads_heatmap
+        from .plotting import heads_heatmap
 
         pos = int(df["position"].max())
         label = f"direct contribution to {what}\nat position {pos}"  # the panel's title
@@ -297,8 +301,8 @@ def _add_heads(sub) -> None:
     m = p.add_argument_group("what to measure")
     m.add_argument("--kinds", help="comma-separated kinds (default: all of previous_token,self,duplicate_token,"
                    "induction,bos,spread)")
-    m.add_argument("--layers", type=_heads_ints, help="layers to score, e.g. '0-5' or '1,4' (default: all)")
-    m.add_argument("--heads", type=_heads_ints, help="heads within each layer, e.g. '0,11' (default: all)")
+    m.add_argument("--layers", help="layers to score, every head of each, e.g. '0-5' or '1,4' (default: all)")
+    m.add_argument("--heads", help="instead of --layers, the heads to score, e.g. '0.1,4.11' or '4.*'")
     m.add_argument("--measure", choices=["defined", "all"], default="defined",
                    help="defined: average over positions where each kind is defined (default); "
                    "all: TransformerLens detect_head's average over every position")
@@ -317,7 +321,7 @@ def _add_heads(sub) -> None:
 
 
 def _heads_inputs(args, model) -> list:
-    from analyses import probes
+    from . import probes
 
     inputs: list = list(args.prompt)
     if args.prompts_file:
@@ -326,7 +330,7 @@ def _heads_inputs(args, model) -> list:
         else:
             inputs += probes.read_prompts(args.prompts_file)
     if args.document:
-        inputs += probes.document_chunks(model, read_text_arg(args.document))
+        inputs += probes.rows(probes.text_windows(model, read_text_arg(args.document)))
     n_repeated = args.repeated if args.repeated is not None else (0 if inputs else probes.DEFAULT_N_PROMPTS)
     if n_repeated < 0:
         raise InterpError(f"--repeated {n_repeated}: give a number of sequences >= 0")
@@ -367,7 +371,7 @@ def _cmd_heads(args) -> int:
     print("labels: " + ", ".join(f"{k} {counts[k]}" for k in [*kinds, "none"] if k in counts))
     write_outputs(df, args)
     if args.png:
-        from .export import heads_heatmap
+        from .plotting import heads_heatmap
 
         # No suptitle: on a short figure (few layers) it would sit on the panels' own titles (the kind names).
         heads_heatmap(df, kinds, args.png, vmin=0.0, vmax=1.0, n_layers=model.cfg.n_layers,
@@ -411,24 +415,6 @@ def _add_ov(sub) -> None:
     p.add_argument("--format", choices=["csv", "json"], help="table format for --out (default: from its suffix)")
     p.add_argument("--png", help="copying scores as a layers × heads heatmap here (.png, .svg or .pdf), and "
                    "every head's spectrum beside it as NAME-spectra.png")
-
-
-def _ov_text_batch(model, text: str, max_prompts: int):
-    import torch
-
-    from analyses.probes import document_chunks
-
-    from .tokens import Batch
-
-    if max_prompts < 1:
-        raise InterpError(f"--max-prompts {max_prompts}: give at least 1")
-    chunks = document_chunks(model, text)[:max_prompts]
-    width = max(len(c) for c in chunks)
-    tokens = torch.zeros(len(chunks), width, dtype=torch.long)
-    mask = torch.zeros(len(chunks), width, dtype=torch.bool)
-    for i, c in enumerate(chunks):
-        tokens[i, : len(c)], mask[i, : len(c)] = c, True
-    return Batch(tokens, mask)
 
 
 def _cmd_ov(args) -> int:
@@ -488,9 +474,12 @@ def _cmd_ov(args) -> int:
         heads = [(args.layer, args.head)] if args.head is not None else (
             [(args.layer, h) for h in range(cfg.n_heads)] if args.layer is not None else None)
         if args.text is not None:
-            inputs, what = _ov_text_batch(model, read_text_arg(args.text), args.max_prompts), f"text {args.text}"
+            from .probes import text_windows
+
+            inputs = text_windows(model, read_text_arg(args.text), max_windows=args.max_prompts)
+            what = f"text {args.text}"
         else:
-            from analyses.probes import repeated_tokens
+            from .probes import repeated_tokens
 
             inputs, what = repeated_tokens(model, 8), "8 repeated random-token sequences"
         table = ov.rank_k_loss(model, inputs, heads=heads, ks=args.rank)
@@ -499,13 +488,15 @@ def _cmd_ov(args) -> int:
         print_table(table[["layer", "head", "k", "loss", "delta"]], max_rows=len(table) + 1)
     write_outputs(table, args)
     if args.png:
-        from .export import heads_heatmap
+        from .plotting import heads_heatmap
 
         heads_heatmap(summary, ["copying_score"], args.png, vmin=0.0, vmax=1.0, cmap="RdBu_r",
                       n_layers=cfg.n_layers, n_heads=cfg.n_heads, annotate=lambda v: f"{v:.2f}")
         png = Path(args.png)
         spectra = png.with_name(f"{png.stem}-spectra{png.suffix}")
-        ov.save_spectra_figure(ov.ov_spectrum(model), spectra, title=f"W_OV spectra of {cfg.name}")
+        from .plotting import save_spectra_figure
+
+        save_spectra_figure(ov.ov_spectrum(model), spectra, title=f"W_OV spectra of {cfg.name}")
         print(f"wrote {args.png} and {spectra}", file=sys.stderr)
     return 0
 
@@ -559,7 +550,8 @@ def _token_arg(text: str):
 
 
 def _cmd_ablate(args) -> int:
-    from . import ablation, metrics
+    from . import ablation, metrics, probes, select
+    from .scan import scan
 
     if args.scan == (args.heads is not None):
         raise InterpError("give --heads L.H[,L.H…] (those heads) or --scan (every head), one of the two")
@@ -579,16 +571,14 @@ def _cmd_ablate(args) -> int:
     model = load_model(args)
     window = args.window or min(128, model.cfg.n_ctx)
     if args.text is not None:
-        inputs, what = ablation.text_batch(model, read_text_arg(args.text), window, args.max_windows), args.text
+        inputs, what = probes.text_windows(model, read_text_arg(args.text), window, max_windows=args.max_windows), args.text
     elif args.prompt:
         inputs, what = args.prompt, f"{len(args.prompt)} prompt(s)"
     else:
-        from .testing import repeated_tokens
-
         half = min(32, (model.cfg.n_ctx - 1) // 2)
-        inputs = repeated_tokens(model.cfg.d_vocab, 8, half, bos=model.tokenizer.bos_token_id)
+        inputs = probes.repeated_tokens(model, 8, half)
         what = f"8 repeated random-token sequences [BOS] + r + r (|r| = {half})"
-    reference = None if args.reference is None else ablation.text_batch(model, read_text_arg(args.reference), window)
+    reference = None if args.reference is None else probes.text_windows(model, read_text_arg(args.reference), window)
     keys = args.keys
     if keys is not None and keys not in ablation.KEY_NAMES:
         try:
@@ -601,11 +591,9 @@ def _cmd_ablate(args) -> int:
     options = dict(method=args.method, reference=reference, keys=keys, renormalize=args.renormalize,
                    seed=args.seed, progress=False if args.no_progress else None)
     if args.scan:
-        df = ablation.scan(model, inputs, metric, by=args.by, **options)
+        df = scan(model, inputs, metric, by=args.by, **options)
     else:  # each listed head (or 'L.*' layer) alone, then all of them together
-        units = [ablation.parse_heads(model, h) for h in args.heads.split(",") if h.strip()]
-        together = sorted({h for unit in units for h in unit})
-        df = ablation.scan(model, inputs, metric, variants=units + ([together] if len(units) > 1 else []), **options)
+        df = scan(model, inputs, metric, heads=args.heads, by="item", together=True, **options)
     print(f"ablating heads of {model.cfg.name} (fold_ln={model.cfg.fold_ln}), method {args.method}, on {what}; "
           f"metric {df['metric'].iloc[0]}, clean {df['clean'].iloc[0]:.4f}")
     shown = df[["variant", "layer", "head", "clean", "ablated", "delta"]]
@@ -616,7 +604,7 @@ def _cmd_ablate(args) -> int:
         print(f"({len(shown) - args.top} more rows: --top N, or --out FILE for all)")
     write_outputs(df, args)
     if args.png:
-        from .export import heads_heatmap
+        from .plotting import heads_heatmap
 
         single = df[df["n_heads"] == 1].astype({"layer": int, "head": int})
         label = f"Δ {df['metric'].iloc[0]} ({args.method} ablation)"

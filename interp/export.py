@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import pandas as pd
 
@@ -34,17 +34,18 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     try:
         yield Path(tmp)
         # mkstemp makes the file 0600; give it the mode a plain open() would (or keep the old file's).
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_text(path: os.PathLike | str, text: str) -> Path:
@@ -86,54 +87,3 @@ def save_figure(fig, path: os.PathLike | str, **kwargs) -> Path:
     finally:
         plt.close(fig)
     return Path(path)
-
-
-def heads_heatmap(
-    df: pd.DataFrame,
-    columns: Sequence[str],
-    path: os.PathLike | str,
-    *,
-    title: str = "",
-    cmap: str = "viridis",
-    vmin: Optional[float] = None,
-    vmax: Optional[float] = None,
-    n_layers: Optional[int] = None,
-    n_heads: Optional[int] = None,
-    annotate: Optional[Callable[[float], str]] = None,
-) -> Path:
-    """One layers × heads heatmap panel per column of a per-head DataFrame (``layer, head, …``)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    for col in ("layer", "head", *columns):
-        if col not in df.columns:
-            raise InterpError(f"column {col!r} missing from the table (has {', '.join(df.columns)})")
-    L = n_layers or int(df["layer"].max()) + 1
-    H = n_heads or int(df["head"].max()) + 1
-    fig, axes = plt.subplots(
-        1, len(columns), figsize=((0.45 * H + 1.8) * len(columns), 0.4 * L + 1.5), squeeze=False,
-        gridspec_kw={"wspace": 0.45},
-    )
-    for n, (ax, col) in enumerate(zip(axes[0], columns)):
-        grid = np.full((L, H), np.nan)
-        grid[df["layer"].to_numpy(int), df["head"].to_numpy(int)] = df[col].to_numpy(float)
-        im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_title(col)
-        ax.set_xlabel("head")
-        if n == 0:
-            ax.set_ylabel("layer")
-        ax.set_xticks(range(H))
-        ax.set_yticks(range(L))
-        if annotate is not None and L * H <= 400:
-            for (i, j), v in np.ndenumerate(grid):
-                if not np.isnan(v):
-                    dark = im.norm(v) < 0.5  # viridis-like maps are dark at the low end
-                    ax.text(j, i, annotate(v), ha="center", va="center", fontsize=6, color="w" if dark else "k")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if title:
-        # Above the panels' own titles, however short the grid (bbox_inches="tight" keeps it in frame).
-        fig.suptitle(title, y=1.0 + 0.3 / fig.get_figheight())
-    return save_figure(fig, path, dpi=150)

@@ -7,14 +7,15 @@ whole text computes its cross-entropy in chunks of positions so the full
 to one number (a mean over prompts or over tokens).
 
 >>> import torch
->>> from interp.testing import planted_model, repeated_tokens
+>>> from interp.testing import planted_model
+>>> from interp.probes import repeated_tokens
 >>> model = planted_model()
->>> tokens = repeated_tokens(model.cfg.d_vocab, n_prompts=2, half=8)
+>>> tokens = repeated_tokens(model, n_prompts=2, half=8)
 >>> batch = model.to_batch(tokens)
 >>> round(float(Loss().from_logits(model, model(tokens), batch)), 2)   # high on r, low on its repeat
-2.95
+2.74
 >>> round(float(Loss(positions=slice(10, None)).from_logits(model, model(tokens), batch)), 2)
-0.06
+0.0
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from . import select
 from .errors import InterpError
 from .tokens import Batch
 
-__all__ = ["Metric", "Loss", "LogitDiff", "Prob", "Custom", "token_loss", "resolve_metric"]
+__all__ = ["Metric", "Loss", "LogitDiff", "Prob", "Custom", "token_loss", "resolve_metric", "contrast"]
 
 #: Rows of the logits a loss computes at once: 1024 × 50257 float32 logits are ~200 MB.
 LOSS_CHUNK_ROWS = 1024
@@ -74,31 +76,14 @@ class Metric:
 
 # ---------------------------------------------------------------------------- loss
 def _loss_targets(batch: Batch, positions) -> Tensor:
-    """Bool ``[batch, pos-1]``: which next-token predictions count (both tokens real, and chosen)."""
+    """Bool ``[batch, pos-1]``: which next-token predictions count (both tokens real, and the target chosen)."""
     mask = batch.attention_mask
     valid = mask[:, 1:] & mask[:, :-1]
     if positions is None:
         return valid
-    P = mask.shape[1]
-    chosen = torch.zeros(P, dtype=torch.bool, device=mask.device)
-    if isinstance(positions, slice):
-        chosen[positions] = True
-    elif isinstance(positions, Tensor) and positions.dtype == torch.bool:
-        if positions.shape[-1] < P:
-            raise InterpError(f"loss positions mask has {positions.shape[-1]} positions; the run has {P}")
-        chosen = positions[..., :P].to(mask.device)
-    else:
-        try:
-            idx = torch.as_tensor(list(positions), dtype=torch.long)
-        except (TypeError, ValueError):
-            raise InterpError(
-                f"loss positions must be a slice, a list of token positions or a bool mask [pos], not {positions!r}"
-            ) from None
-        if len(idx) and not (-P <= int(idx.min()) and int(idx.max()) < P):
-            raise InterpError(f"loss positions {idx.tolist()} out of range for {P} positions")
-        chosen[idx] = True
+    chosen = select.positions(batch, positions, what="loss positions", ragged="skip").mask(mask.shape[1])
     # Position t is the token predicted from position t-1: the first token is never a target.
-    return valid & chosen[..., 1:]
+    return valid & chosen[:, 1:]
 
 
 def token_loss(
@@ -125,10 +110,11 @@ class Loss(Metric):
     """Mean next-token cross-entropy over the real tokens of the text (padding excluded).
 
     Args:
-        positions: which target tokens count, indexed by the target's position
-            (token ``t`` is predicted at ``t - 1``): a slice (``slice(9, None)``:
-            the repeated half of ``[BOS] + r + r`` with ``len(r) = 8``), a list of
-            positions or a bool mask ``[pos]``. Default: every real token after the first.
+        positions: which target tokens count, by the target's position in its prompt
+            (:mod:`interp.select`: real tokens counted, BOS = 0; token ``t`` is predicted at
+            ``t - 1``): a slice (``slice(9, None)``: the repeated half of ``[BOS] + r + r``
+            with ``len(r) = 8``) or a list of positions; a position a prompt does not have is
+            skipped for it. Default: every real token after the first.
 
     The mean is over tokens, not over prompts: a long prompt weighs more. For the
     loss of each token use :func:`token_loss`.
@@ -173,41 +159,16 @@ class _AtPosition(Metric):
         self.position = position
 
     def positions(self, batch: Batch) -> Int[Tensor, " batch"]:
-        p = self.position
-        if p >= 0:
-            if p >= batch.tokens.shape[1]:
-                raise InterpError(f"position {p} out of range: the run has {batch.tokens.shape[1]} positions")
-            return torch.full((len(batch),), p, dtype=torch.long, device=batch.tokens.device)
-        # Negative positions count back from each prompt's last real token: right or left padding alike.
-        pos = batch.last_positions + 1 + p
-        first = batch.attention_mask.long().argmax(-1)
-        if bool((pos < first).any()):
-            i = int((pos < first).nonzero()[0, 0])
-            raise InterpError(f"position {p} is before the start of prompt {i} ({int(batch.lengths[i])} tokens)")
-        return pos
+        """Counted over each prompt's real tokens (:mod:`interp.select`): right or left padding alike."""
+        return select.positions(batch, self.position, what="position").cols[:, 0]
 
 
 def _token_ids(model, spec, what: str) -> Tensor:
     """One token id per prompt, or one for all: from ids, single-token strings, or a list of either."""
-    if isinstance(spec, Tensor):
-        items = spec.reshape(-1).tolist()
-    elif isinstance(spec, (list, tuple)):
-        items = list(spec)
-    else:
-        items = [spec]
-    ids = []
-    for item in items:
-        if isinstance(item, str):
-            got = model.tokenizer(item, add_special_tokens=False)["input_ids"]
-            if len(got) != 1:
-                raise InterpError(f"{what} {item!r} is {len(got)} tokens; it must be exactly one token")
-            item = got[0]
-        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < model.cfg.d_vocab:
-            raise InterpError(f"{what} {item!r} is not a token: give a token id (0–{model.cfg.d_vocab - 1}) or a one-token string")
-        ids.append(item)
-    if not ids:
+    items = spec.reshape(-1).tolist() if isinstance(spec, Tensor) else list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
         raise InterpError(f"{what} is empty: give a token")
-    return torch.tensor(ids, dtype=torch.long, device=model.cfg.device)
+    return torch.tensor([select.token_id(model, t, what) for t in items], dtype=torch.long, device=model.cfg.device)
 
 
 def _per_prompt(ids: Tensor, n: int, what: str) -> Tensor:
@@ -334,3 +295,24 @@ def _describe(x: Any) -> str:
     if isinstance(x, (list, tuple)) and len(x) > 3:
         return f"{len(x)} items"
     return repr(x) if isinstance(x, str) else str(x)
+
+
+def contrast(model, clean: Any, corrupted: Any, position: int = -1) -> Metric:
+    """The default metric of patching: what the clean run says that the corrupted run does not.
+
+    ``LogitDiff(target, contrast)`` at ``position`` (each prompt's last real token by default), with
+    ``target`` the clean run's top token and ``contrast`` the corrupted run's, per prompt. Where the
+    two runs' top tokens are the same for some prompt a difference would say nothing: the metric
+    is then ``Prob(target)``, and its name says so.
+    """
+    c, k = model.to_batch(clean), model.to_batch(corrupted)
+    tops = []
+    for batch in (c, k):
+        at = select.positions(batch, position, what="position").cols[:, 0]
+        final = model.forward(batch.tokens, attention_mask=batch.attention_mask, unembed=False)
+        tops.append(model.unembed(final[torch.arange(len(batch)), at]).argmax(-1).tolist())
+    target, other = tops
+    one = (lambda ids: ids[0]) if len(set(target)) == 1 and len(set(other)) == 1 else (lambda ids: ids)
+    if any(t == o for t, o in zip(target, other)):
+        return Prob(one(target), position).bind(model)
+    return LogitDiff(one(target), one(other), position).bind(model)

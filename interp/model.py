@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,7 @@ class HookedGPT2:
         self.tokenizer = bridge.tokenizer
         self.cfg = cfg
         self._hooks: dict[str, list] = {}
+        self._derived: dict[str, Any] = {}
         p = {k: v.detach() for k, v in bridge.tl_parameters().items()}
         L = range(cfg.n_layers)
 
@@ -199,6 +200,25 @@ class HookedGPT2:
         """True while any scoped hook is attached."""
         return bool(self._hooks)
 
+    @contextlib.contextmanager
+    def hooks_suspended(self) -> Iterator["HookedGPT2"]:
+        """Run without the attached hooks inside the block; they are back on exit, error or not.
+
+        For statistics that must describe the clean model (e.g. an ablation's reference means)
+        whatever the caller has attached.
+        """
+        attached, self._hooks = self._hooks, {}
+        try:
+            yield self
+        finally:
+            self._hooks = attached
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A quantity derived from the weights, computed once per model (weights are never changed in place)."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
+
     def _resolve_one(self, name) -> str:
         if callable(name) and not isinstance(name, str):
             raise InterpError("a hook is attached to one name, not a predicate: give (name, fn) pairs")
@@ -236,18 +256,38 @@ class HookedGPT2:
         hooks: Optional[HookList] = None,
         start_at_mid: bool = False,
         unembed: bool = True,
+        stop_after: Optional[str] = None,
     ) -> Tensor:
         """Run blocks ``start_at_layer … stop_at_layer - 1``.
 
-        From layer 0, ``inputs`` are token ids (or prompts, or a Batch); otherwise the residual stream
-        entering ``start_at_layer``. Returns logits ``[batch, pos, d_vocab]`` when
+        ``inputs`` are token ids (or prompts, or a Batch), run from the embeddings, or the residual
+        stream entering ``start_at_layer`` (a float tensor; from layer 0 that skips the embeddings). Returns logits ``[batch, pos, d_vocab]`` when
         the run reaches the end (and ``unembed`` is True), else the residual stream entering
         ``stop_at_layer`` (the final residual stream if the run reaches the end). ``attention_mask`` (True = real token) handles padding on either side.
         With ``start_at_mid=True`` the inputs are the residual stream at
         ``blocks.{start_at_layer}.hook_resid_mid`` and the run starts at that block's MLP:
         an edit to one layer's attention output then costs no recomputation of the attention.
+        With ``stop_after`` (a hook name) the run stops right after that hook point and returns
+        its activation (as the hooks there left it): nothing after it is computed.
         """
-        cfg, h = self.cfg, self._merged(hooks)
+        h = self._merged(hooks)
+        if stop_after is None:
+            return self._run(inputs, attention_mask, start_at_layer, stop_at_layer, h, start_at_mid, unembed)
+        stop_after = self._resolve_one(stop_after)
+        if stop_at_layer is None:
+            stop_at_layer = min(self.cfg.n_layers, hk.layer_of(stop_after) + 1)
+        try:
+            self._run(inputs, attention_mask, start_at_layer, stop_at_layer,
+                      {**h, stop_after: [*h.get(stop_after, ()), _stop_here]}, start_at_mid, unembed)
+        except _Stopped as done:
+            return done.activation
+        raise InterpError(f"the run never reached {stop_after} (it stops before block {stop_at_layer})")
+
+    __call__ = forward
+
+    def _run(self, inputs, attention_mask, start_at_layer: int, stop_at_layer: Optional[int], h: dict,
+             start_at_mid: bool, unembed: bool) -> Tensor:
+        cfg = self.cfg
         stop = cfg.n_layers if stop_at_layer is None else stop_at_layer
         if not 0 <= start_at_layer <= stop <= cfg.n_layers:
             raise InterpError(
@@ -256,7 +296,7 @@ class HookedGPT2:
             )
         if start_at_mid and start_at_layer == stop:
             raise InterpError(f"start_at_mid resumes inside block {start_at_layer}: stop_at_layer must be after it")
-        if start_at_layer == 0 and not start_at_mid:
+        if start_at_layer == 0 and not start_at_mid and not (isinstance(inputs, Tensor) and inputs.is_floating_point()):
             if not isinstance(inputs, Tensor):  # prompts or a Batch
                 batch = self.to_batch(inputs)
                 inputs, attention_mask = batch.tokens, batch.attention_mask
@@ -274,8 +314,6 @@ class HookedGPT2:
                 resid = self._attention(layer, resid, mask, h)
             resid = self._mlp(layer, resid, h)
         return self.unembed(resid, h) if stop == cfg.n_layers and unembed else resid
-
-    __call__ = forward
 
     def _attention(self, layer: int, resid: Tensor, mask: Optional[Tensor], h: dict) -> Tensor:
         """A block's first half, resid_pre -> resid_mid. Expensive hook points are computed only when hooked."""
@@ -405,6 +443,18 @@ class HookedGPT2:
         """``W_E · W_OV · W_U`` ``[d_vocab, d_vocab]``: token attended to × logit written, never materialised."""
         self.check_head(layer, head)
         return FactoredMatrix(self.W_E @ self.W_V[layer, head], self.W_O[layer, head] @ self.W_U)
+
+
+class _Stopped(Exception):
+    """How ``forward(stop_after=...)`` leaves the pass (private to the model: callers get a return value)."""
+
+    def __init__(self, activation: Tensor):
+        super().__init__()
+        self.activation = activation
+
+
+def _stop_here(x: Tensor, name: str) -> None:
+    raise _Stopped(x)
 
 
 def _layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:

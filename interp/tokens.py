@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from jaxtyping import Bool, Int
@@ -130,3 +130,16 @@ def tokenize(
         tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
         mask[i, sl] = True
     return Batch(tokens.to(device), mask.to(device))
+
+
+def decoder(tokenizer) -> Callable[[int], str]:
+    """``id -> text`` for one token, memoised (tables decode the same few ids many times)."""
+    cache: dict[int, str] = {}
+
+    def text(i) -> str:
+        i = int(i)
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+        return cache[i]
+
+    return text

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture
 def saved_figures(monkeypatch):
     """Every matplotlib figure saved through ``interp.export.save_figure`` during the test (closed, still readable)."""
-    from interp import export
+    from interp import export, plotting
 
     figures = []
     original = export.save_figure
@@ -19,6 +19,7 @@ def saved_figures(monkeypatch):
         return original(fig, path, **kwargs)
 
     monkeypatch.setattr(export, "save_figure", keep)
+    monkeypatch.setattr(plotting, "save_figure", keep)
     return figures
 
 

@@ -1,5 +1,6 @@
 """Head ablation: identities, the planted circuit, the fast scan against the obvious loop, metrics, bad input, CLI."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -8,7 +9,10 @@ import torch
 
 import interp
 from interp import InterpError, testing
-from interp.ablation import ablate, ablation_hooks, parse_heads, scan, text_batch
+from interp import select
+from interp.ablation import ablate, ablation_hooks
+from interp.probes import repeated_tokens, text_windows
+from interp.scan import scan
 from interp.metrics import Custom, LogitDiff, Loss, Prob, resolve_metric, token_loss
 
 HALF = 12  # planted prompts are [BOS] + r + r with len(r) = HALF
@@ -26,7 +30,7 @@ def texts():
 
 
 def repeated(model, n=6, seed=0):
-    return testing.repeated_tokens(model.cfg.d_vocab, n, HALF, seed=seed)
+    return repeated_tokens(model, n, HALF, seed=seed)
 
 
 def induction_score(cache) -> float:
@@ -39,8 +43,9 @@ def induction_score(cache) -> float:
 def test_ablating_nothing_changes_nothing_bit_for_bit(planted):
     tokens = repeated(planted, n=1)
     clean = planted(tokens)
-    with ablate(planted, heads=[]):
-        assert torch.equal(planted(tokens), clean)
+    with pytest.raises(InterpError, match="no heads given"):  # an empty selection is a mistake, not a no-op
+        with ablate(planted, heads=[]):
+            pass
     # Mean-ablating every head with the run itself as reference replaces each z by itself.
     every = [(l, h) for l in range(2) for h in range(4)]
     with ablate(planted, heads=every, method="mean", reference=tokens):
@@ -101,7 +106,7 @@ def test_ablating_the_previous_token_head_breaks_induction(planted):
     first, second = Loss(positions=slice(1, HALF + 1)), Loss(positions=slice(HALF + 2, None))
     results = {}
     for heads in ([], [(0, 0)], [(0, 3)]):
-        with ablate(planted, heads=heads):
+        with ablate(planted, heads=heads) if heads else contextlib.nullcontext():
             logits, cache = planted.run(tokens, names=["pattern.1"])
         results[tuple(heads)] = (first.from_logits(planted, logits, batch).item(),
                                  second.from_logits(planted, logits, batch).item(), induction_score(cache))
@@ -236,7 +241,7 @@ def naive_loop(model, tokens, runs, metrics, **kw):
     metrics = [resolve_metric(model, m) for m in metrics]
     values = []
     for heads in runs:
-        with ablate(model, heads=heads, **kw):
+        with ablate(model, heads=heads, **kw) if heads else contextlib.nullcontext():
             logits = model(batch.tokens, attention_mask=batch.attention_mask)
         values.append([float(m.from_logits(model, logits, batch)) for m in metrics])
     return torch.tensor(values).T  # [metric, variant]
@@ -333,9 +338,9 @@ def test_logit_diff_and_prob_read_each_prompts_last_real_token(exact, texts):
         (lambda logits: "high", "returned a str"),
         ("logit_diff", "needs tokens"),
         ("perplexity", "unknown metric"),
-        (LogitDiff("the cat", 3), r"'the cat' is \d+ tokens; it must be exactly one token"),
-        (LogitDiff(1, 3, position=-40), "before the start of prompt"),
-        (Prob(99999), "not a token"),
+        (LogitDiff("the cat", 3), r"correct token 'the cat' is \d+ tokens: .*; give a single token"),
+        (LogitDiff(1, 3, position=-40), r"position -40 out of range for prompt 0: it has \d+ tokens"),
+        (Prob(99999), r"target token id 99999 out of range: vocabulary has 300 tokens"),
         (LogitDiff(1, [1, 2]), "2 tokens but the batch has 4 prompts"),
     ],
 )
@@ -383,12 +388,12 @@ def test_bad_scans(exact, texts):
 
 
 def test_parse_heads_and_text_batch(planted):
-    assert parse_heads(planted, (1, 2)) == [(1, 2)]
-    assert parse_heads(planted, "0.*") == [(0, 0), (0, 1), (0, 2), (0, 3)]
-    batch = text_batch(planted, "a b c d e f g h", window=4)
+    assert select.heads(planted, (1, 2)) == [(1, 2)]
+    assert select.heads(planted, "0.*") == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    batch = text_windows(planted, "a b c d e f g h", window=4)
     assert batch.tokens[:, 0].tolist() == [0, 0, 0] and batch.lengths.tolist() == [4, 4, 3]
     with pytest.raises(InterpError, match="window 99 out of range"):
-        text_batch(planted, "a b", window=99)
+        text_windows(planted, "a b", window=99)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -424,7 +429,7 @@ def test_cli_ablate_scan_exports(planted_dir, tmp_path, capsys, saved_figures):
     assert main([*args, "--method", "mean", "--reference", str(text), "--out", str(js)]) == 0
     capsys.readouterr()
     model = interp.load(planted_dir)
-    windows = text_batch(model, text.read_text(), window=min(128, model.cfg.n_ctx))
+    windows = text_windows(model, text.read_text(), window=min(128, model.cfg.n_ctx))
     df = pd.read_csv(csv)
     want = scan(model, windows, progress=False)
     assert df["variant"].tolist() == want["variant"].tolist()

@@ -9,7 +9,8 @@ import pytest
 
 from figcheck import assert_png, heatmap_values, panels
 from interp import InterpError
-from interp.export import atomic_path, heads_heatmap, save_figure, table_format, write_table, write_text
+from interp.export import atomic_path, save_figure, table_format, write_table, write_text
+from interp.plotting import heads_heatmap
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

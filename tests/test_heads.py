@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformer_lens.head_detector import detect_head
 
-from analyses import probes
+from interp import probes
 from analyses.heads import KINDS, THRESHOLDS, classify, label_heads
 from interp import InterpError, testing
 from interp.cli import main
@@ -22,10 +22,9 @@ PROMPTS = [  # different lengths (so batches are padded) and plenty of repeated 
 
 
 # ---------------------------------------------------------------------------- planted ground truth
-@pytest.mark.parametrize("probe", ["testing.repeated_tokens", "probes.repeated_tokens"])
-def test_planted_heads_are_labelled_with_their_kind_and_nothing_else_is(planted, probe):
-    tokens = testing.repeated_tokens(32, 16, 15) if probe == "testing.repeated_tokens" else \
-        probes.repeated_tokens(planted, 16, 15, seed=3)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_planted_heads_are_labelled_with_their_kind_and_nothing_else_is(planted, seed):
+    tokens = probes.repeated_tokens(planted, 16, 15, seed=seed)
     df = classify(planted, tokens).set_index(["layer", "head"])
     planted_kinds = set(testing.PLANTED_HEADS.values())
     for (layer, head), kind in testing.PLANTED_HEADS.items():
@@ -144,7 +143,7 @@ def test_stops_after_the_last_needed_layer_and_leaves_no_hooks(planted):
     fired = []
     with planted.hooks([("mlp_out.0", lambda x, name: fired.append(name)),
                         ("ln_final", lambda x, name: fired.append(name))]):
-        df = classify(planted, "a b c a b c", layers=[0], heads=[1, 2])
+        df = classify(planted, "a b c a b c", heads="0.1,0.2")
         assert fired == []  # layer 0's MLP and the unembedding never ran
         assert df[["layer", "head"]].values.tolist() == [[0, 1], [0, 2]]
         classify(planted, "a b c a b c")
@@ -155,7 +154,7 @@ def test_stops_after_the_last_needed_layer_and_leaves_no_hooks(planted):
 def test_std_is_zero_for_identical_prompts_and_positive_otherwise(planted):
     same = classify(planted, ["a b c d a b c d"] * 3)
     assert np.allclose(same[[f"{k}_std" for k in KINDS]].to_numpy(), 0, atol=1e-7)
-    mixed = classify(planted, testing.repeated_tokens(32, 6, 15))
+    mixed = classify(planted, probes.repeated_tokens(planted, 6, 15))
     unplanted = mixed.loc[mixed["label"] == "none", "bos_std"]
     assert len(unplanted) == 3 and (unplanted > 0).all()  # the planted model's three unplanted heads
 
@@ -214,7 +213,7 @@ def test_repeated_tokens_are_reproducible_real_and_repeated(small_folded):
 
 def test_document_is_tokenized_once_and_chunked(planted):
     text = " ".join("abcdefghij"[i % 7] for i in range(70))
-    chunks = probes.document_chunks(planted, text)
+    chunks = probes.rows(probes.text_windows(planted, text))
     assert all(len(c) <= planted.cfg.n_ctx and c[0] == 0 for c in chunks)
     whole = planted.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert torch.cat([c[1:] for c in chunks]).tolist() == whole
@@ -237,8 +236,9 @@ def test_prompts_file(tmp_path):
     (dict(inputs=torch.zeros(1, 40, dtype=torch.long)), "longer than the context window"),
     (dict(kinds=["induction", "copying"]), "unknown head kind"),
     (dict(layers=[0, 2]), "layer 2 out of range: model has 2 layers"),
-    (dict(heads=4), "head 4 out of range: model has 4 heads per layer"),
-    (dict(heads=[]), "empty head filter"),
+    (dict(heads=(0, 4)), "head 4 out of range: model has 4 heads per layer"),
+    (dict(heads=[]), "no heads given"),
+    (dict(heads="0.1", layers=[0]), "not both"),
     (dict(measure="mean"), "unknown measure"),
     (dict(threshold=0), "threshold"),
     (dict(positions=[40]), "select no scorable query position"),
@@ -258,7 +258,7 @@ def test_bad_probe_sizes(planted):
     with pytest.raises(InterpError, match="n_prompts"):
         probes.repeated_tokens(planted, 0)
     with pytest.raises(InterpError, match="fewer than 2|at least 2"):
-        probes.document_chunks(planted, "a")
+        probes.text_windows(planted, "a")
 
 
 # ---------------------------------------------------------------------------- the command

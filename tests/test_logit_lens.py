@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import interp.cli
-from analyses.logit_lens import direct_logit_attribution, lens_logits, logit_lens, pinv_unembedding
+from analyses.dla import direct_logit_attribution
+from analyses.logit_lens import lens_logits, logit_lens, pinv_unembedding
 from interp import InterpError
 
 PROMPTS = ["The cat sat on the", "def f(x):\n    return x + 1", "A much longer prompt than the others, padded."]

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 import interp
+from interp import probes
 from analyses import ov
 from interp import testing
 from interp.circuits import head_output
@@ -253,7 +254,7 @@ def test_replacement_hooks_are_removed_after_an_exception(small_folded):
 
 def test_rank_k_loss_finds_the_rank_the_induction_head_uses(planted):
     m = planted
-    tokens = testing.repeated_tokens(m.cfg.d_vocab, n_prompts=4, half=12)
+    tokens = probes.repeated_tokens(m, n_prompts=4, half=12)
     df = ov.rank_k_loss(m, tokens, heads=[(1, 0), (0, 0)], ks=[0, 16, 32, 64], progress=False)
     assert list(df.columns) == ["layer", "head", "k", "loss", "clean_loss", "delta"]
     logits = m(tokens)
@@ -291,10 +292,10 @@ def test_bad_arguments_name_the_culprit(small_folded):
         (lambda: ov.ov_spectrum(m, None, 1), "head 1 given without a layer"),
         (lambda: ov.ov_summary(m, n_top=99), "n_top 99 out of range"),
         (lambda: ov.ov_tokens(m, 0, 0, top=0), "top 0 out of range"),
-        (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1), (0, 1)]), "head L0H1 given twice"),
+        (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1), (0, 1)]), "head 0.1 given twice"),
         (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[17]), "rank 17 out of range"),
         (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[]), "no ranks given"),
-        (lambda: ov.rank_k_loss(m, "some text", heads="L0H1"), "heads must be"),
+        (lambda: ov.rank_k_loss(m, "some text", heads="L0-H1"), "cannot read head"),
         (lambda: ov.rank_k_loss(m, torch.tensor([[5]]), heads=[(0, 1)], ks=[1]), "fewer than 2 tokens"),
     ]
     for fn, msg in cases:

@@ -14,6 +14,7 @@ import torch
 
 import interp
 from interp import report as rp
+from interp.report.html import json_for_script, show_token
 from interp.cli import main
 from interp.errors import InterpError
 from interp.testing import PLANTED_HEADS, random_gpt2_hf, word_tokenizer
@@ -137,7 +138,7 @@ def test_html_carries_patterns_scores_and_summary(planted_report):
 
 
 def test_json_for_script_cannot_close_the_script():
-    text = rp.json_for_script(EVIL)
+    text = json_for_script(EVIL)
     assert not set("<>&\u2028\u2029") & set(text)
     assert json.loads(text) == EVIL
 
@@ -151,16 +152,16 @@ def test_markup_tokens_stay_data(tmp_path):
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert html.count("<script") == 2  # the JSON block and the page's own script
     assert "<img" not in html and "alert(" not in html.split('id="report-data">')[0]
-    assert page_data(html)["tokens"][1:] == [rp.show_token(t) for t in EVIL]
+    assert page_data(html)["tokens"][1:] == [show_token(t) for t in EVIL]
     for svg in (tmp_path / "svg").glob("*.svg"):
         root = ET.parse(svg).getroot()  # well-formed XML: the tokens were escaped
         assert not [e for e in root.iter() if e.tag.split("}")[-1] in ("script", "img", "foreignObject")]
 
 
 def test_show_token_makes_whitespace_visible():
-    assert rp.show_token(" a\n\tb\x07") == " a\\n\\tb\\x07"
-    assert rp.show_token("\u2028x\u202e") == "\\u2028x\\u202e"  # line separator, right-to-left override
-    assert rp.show_token("<script>") == "<script>"  # made safe by how it is written, not by mangling it
+    assert show_token(" a\n\tb\x07") == " a\\n\\tb\\x07"
+    assert show_token("\u2028x\u202e") == "\\u2028x\\u202e"  # line separator, right-to-left override
+    assert show_token("<script>") == "<script>"  # made safe by how it is written, not by mangling it
 
 
 # ---------------------------------------------------------------------------- files
@@ -198,7 +199,7 @@ def test_a_failed_write_leaves_the_good_file(planted, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(heads="foo"), "head 'foo' not understood"),
+    (dict(heads="foo"), "cannot read head 'foo'"),
     (dict(heads="2.0"), "layer 2 out of range: model has 2 layers"),
     (dict(heads="0.4"), "head 4 out of range: model has 4 heads per layer"),
     (dict(heads="0.0", top=2), "either heads or top/kind"),
@@ -245,11 +246,12 @@ def test_oversized_reports_are_refused(planted, monkeypatch):
         rp.build_report(planted, PROMPT, heads="0.0", scores=False)
 
 
-def test_parse_heads_forms():
-    assert rp.parse_heads("4.11, L0H5,4.11", 12, 12) == [(4, 11), (0, 5)]
-    assert rp.parse_heads([(1, 2), "3:4"], 12, 12) == [(1, 2), (3, 4)]
+def test_report_heads_keep_the_order_given(planted):
+    assert rp.build_report(planted, PROMPT, heads="1.0, L0H1,0:2", scores=False).heads == [(1, 0), (0, 1), (0, 2)]
     with pytest.raises(InterpError, match="no heads given"):
-        rp.parse_heads(" , ", 12, 12)
+        rp.build_report(planted, PROMPT, heads=" , ", scores=False)
+    with pytest.raises(InterpError, match="head 1.0 given twice"):
+        rp.build_report(planted, PROMPT, heads="1.0,L1H0", scores=False)
 
 
 # ---------------------------------------------------------------------------- scale

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import interp
-from interp.ablation import ablate, scan
+from interp.ablation import ablate
+from interp.scan import scan
 from interp.metrics import LogitDiff, Loss
 import hf_reference as ref
 
@@ -207,7 +208,7 @@ def test_head_output_equals_hugging_faces(models, hf, fold):
 
 @pytest.mark.parametrize("fold", MODES, ids=["folded", "raw"])
 def test_direct_logit_attribution_per_head_equals_hugging_faces(models, hf, fold):
-    from analyses.logit_lens import direct_logit_attribution
+    from analyses.dla import direct_logit_attribution
 
     m = models[fold]
     batch = inputs(m, "padded")

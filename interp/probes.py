@@ -1,16 +1,13 @@
-"""Inputs for the head detectors: the user's text, and repeated random tokens.
+"""Inputs every analysis shares: the standard probe, long texts cut into windows, prompt files.
 
-Every function here ends in token sequences (1-D tensors of ids, BOS first by
-default) that :func:`analyses.heads.classify` scores one by one, so prompts of
-different lengths never share padding positions:
-
-* :func:`repeated_tokens` — the standard induction / duplicate-token probe, a
-  random sequence followed by its repeat, seeded and reproducible;
-* :func:`document_chunks` — one long text tokenized once and cut into pieces
-  that fit the context window;
+* :func:`repeated_tokens` — the standard induction / duplicate-token probe, a random
+  sequence followed by its repeat, seeded and reproducible: the default input of
+  ``interp heads``, ``ablate``, ``ov --rank`` and ``patch``, so they measure the same thing;
+* :func:`text_windows` — one long text tokenized once and cut into windows that fit the
+  context window, as a padded :class:`~interp.tokens.Batch` (the one text-to-batch path);
 * :func:`read_prompts` — a text file with one prompt per line;
-* :func:`sequences` — any of the inputs above (or prompts, token ids, a
-  :class:`~interp.tokens.Batch`) normalised and checked.
+* :func:`sequences` — any input (prompts, token ids, a Batch, the probe) as checked 1-D
+  token sequences, for analyses that score prompts one by one (the head detectors).
 """
 
 from __future__ import annotations
@@ -22,9 +19,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from interp.errors import InterpError
-from interp.model import HookedGPT2
-from interp.tokens import Batch, from_tokens
+from .errors import InterpError
+from .model import HookedGPT2
+from .tokens import Batch, from_tokens
 
 #: Probe defaults: 16 prompts of ``[BOS] + r + r`` with ``r`` 50 tokens long (capped by the context window).
 DEFAULT_N_PROMPTS = 16
@@ -95,28 +92,47 @@ def repeated_tokens(
     return torch.cat([bos, r, r], 1).to(model.cfg.device)
 
 
-def document_chunks(model: HookedGPT2, text: Any, *, prepend_bos: bool = True) -> list[Tensor]:
-    """Tokenize a whole document once and cut it into pieces that fit the context window.
+def text_windows(
+    model: HookedGPT2, text: Any, window: Any = None, *, max_windows: Any = None, prepend_bos: bool = True
+) -> Batch:
+    """A long text tokenized once and cut into windows, as a right-padded :class:`~interp.tokens.Batch`.
 
-    Each piece gets its own BOS (by default) and ``n_ctx - 1`` tokens of text; a
-    last piece shorter than 2 tokens is dropped. Tokenizing once (rather than line
-    by line) keeps every token as the model would see it in the running text.
+    Each window is BOS (by default) and ``window - 1`` tokens of text; the last one is padded, and
+    dropped if it has fewer than 2 tokens of text. Tokenizing once (rather than line by line)
+    keeps every token as the model would see it in the running text.
+
+    Args:
+        window: tokens per window, BOS included (default and maximum: the context window).
+        max_windows: keep at most this many windows (default: all).
 
     >>> from interp.testing import planted_model
-    >>> chunks = document_chunks(planted_model(), " ".join(["a", "b", "c"] * 20))   # 60 words, n_ctx 32
-    >>> [len(c) for c in chunks]
-    [32, 30]
+    >>> text_windows(planted_model(), "a b c d e f g h", window=4).tokens.tolist()
+    [[0, 1, 2, 3], [0, 4, 5, 6], [0, 7, 8, 0]]
     """
     if not isinstance(text, str):
-        raise InterpError(f"document must be a string, not {type(text).__name__}")
+        raise InterpError(f"text must be a string, not {type(text).__name__}")
+    if not text.strip():
+        raise InterpError("the text is empty")
+    n_ctx = model.cfg.n_ctx
+    window = n_ctx if window is None else window
+    if isinstance(window, bool) or not isinstance(window, int) or not 2 + int(prepend_bos) <= window <= n_ctx:
+        raise InterpError(f"window {window!r} out of range: {2 + int(prepend_bos)}–{n_ctx} tokens (the context window)")
+    if max_windows is not None:
+        max_windows = _positive_int(max_windows, "max_windows")
     ids = model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    width = model.cfg.n_ctx - int(prepend_bos)
-    pieces = [ids[i : i + width] for i in range(0, len(ids), width)]
-    pieces = [p for p in pieces if len(p) >= 2]
+    step = window - int(prepend_bos)
+    pieces = [ids[i : i + step] for i in range(0, len(ids), step)]
+    pieces = [p for p in pieces if len(p) >= 2][:max_windows]
     if not pieces:
-        raise InterpError(f"document has {len(ids)} token(s); head scores need at least 2")
+        raise InterpError(f"the text has {len(ids)} token(s); at least 2 are needed")
     bos = [_bos_id(model)] if prepend_bos else []
-    return [torch.tensor(bos + p, dtype=torch.long, device=model.cfg.device) for p in pieces]
+    width = max(len(p) for p in pieces) + len(bos)
+    tokens = torch.full((len(pieces), width), _pad_id(model), dtype=torch.long)
+    mask = torch.zeros(len(pieces), width, dtype=torch.bool)
+    for i, piece in enumerate(pieces):
+        tokens[i, : len(bos) + len(piece)] = torch.tensor(bos + piece)
+        mask[i, : len(bos) + len(piece)] = True
+    return Batch(tokens.to(model.cfg.device), mask.to(model.cfg.device))
 
 
 def read_prompts(path: Any) -> list[str]:
@@ -136,9 +152,9 @@ def sequences(model: HookedGPT2, inputs: Any = None, *, prepend_bos: bool = True
     """Normalise any input the head detectors accept into checked 1-D token sequences.
 
     ``inputs`` may be None (the default probe, :func:`repeated_tokens`), a prompt,
-    a list of prompts and/or 1-D token tensors (e.g. :func:`document_chunks`),
-    token ids ``[batch, pos]`` or ``[pos]``, or a :class:`~interp.tokens.Batch`
-    (padding on either side is removed). Strings get BOS unless ``prepend_bos``
+    a list of prompts and/or 1-D token tensors, token ids ``[batch, pos]`` or
+    ``[pos]``, or a :class:`~interp.tokens.Batch` (padding on either side is
+    removed; e.g. :func:`text_windows`). Strings get BOS unless ``prepend_bos``
     is False; token ids are taken as they are.
 
     Every sequence must fit the context window and have at least two tokens of
@@ -193,6 +209,16 @@ def _rows(batch: Batch) -> list[Tensor]:
     return [t[m] for t, m in zip(batch.tokens, batch.attention_mask)]
 
 
+def rows(batch: Batch) -> list[Tensor]:
+    """Each prompt of a batch as a 1-D tensor of its real tokens."""
+    return _rows(batch)
+
+
+def _pad_id(model: HookedGPT2) -> int:
+    tok = model.tokenizer
+    return int(tok.pad_token_id) if tok.pad_token_id is not None else _bos_id(model)
+
+
 def _bos_id(model: HookedGPT2) -> int:
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -207,4 +233,4 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-__all__ = ["vocabulary", "repeated_tokens", "document_chunks", "read_prompts", "sequences"]
+__all__ = ["vocabulary", "repeated_tokens", "text_windows", "read_prompts", "sequences", "rows"]

@@ -1,0 +1,332 @@
+"""Every figure interp draws, from the tables the analyses return: one place for matplotlib.
+
+Analyses stay pure functions to DataFrames; the command line and the reports call these to
+draw them. Each function returns a matplotlib figure (``*_figure``) or writes one atomically
+(``save_*`` / ``write_*``, format from the suffix: .png, .svg, .pdf). Conventions: a score that
+is a fraction is drawn on 0–1 (never rescaled per panel), a signed effect on a symmetric
+diverging scale, and cell labels take black or white by the cell's luminance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InterpError
+from .export import new_file_mode, save_figure
+from .report.html import show_token
+
+__all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "save_spectra_figure", "pattern_figure",
+           "lines_figure", "write_figures", "label_color"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label_color(rgba: Sequence[float]) -> str:
+    """Black or white, whichever reads better on a cell of this colour (WCAG relative luminance)."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # Contrast with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05): equal at L ≈ 0.179.
+    return "black" if luminance > 0.179 else "white"
+
+
+# ---------------------------------------------------------------------------- layers × heads
+def heads_figure(
+    df: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    title: str = "",
+    cmap: str = "viridis",
+    vmin: Optional[float] = None,
+    vmax: Optional[float] = None,
+    signed: bool = False,
+    n_layers: Optional[int] = None,
+    n_heads: Optional[int] = None,
+    annotate: Optional[Callable[[float], str]] = None,
+    notes: Optional[dict] = None,
+    max_columns: int = 3,
+):
+    """One layers × heads heatmap panel per column of a per-head table (``layer, head, …``), in a grid.
+
+    ``signed=True`` draws every panel on one symmetric diverging scale (``RdBu_r``, ±max|value|).
+    A panel whose values are all NaN says why in its middle (``notes[column]``, else "not defined").
+    """
+    plt = _plt()
+    for col in ("layer", "head", *columns):
+        if col not in df.columns:
+            raise InterpError(f"column {col!r} missing from the table (has {', '.join(df.columns)})")
+    if signed:
+        lim = float(np.nanmax(np.abs(df[list(columns)].to_numpy(float)))) if len(df) else 0.0
+        lim = lim if np.isfinite(lim) and lim > 0 else 1.0
+        cmap, vmin, vmax = "RdBu_r", -lim, lim
+    L = n_layers or int(df["layer"].max()) + 1
+    H = n_heads or int(df["head"].max()) + 1
+    n_cols = min(len(columns), max_columns)
+    n_rows = -(-len(columns) // n_cols)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=((0.45 * H + 1.8) * n_cols, (0.4 * L + 1.5) * n_rows), squeeze=False,
+        gridspec_kw={"wspace": 0.45, "hspace": 0.6},
+    )
+    for ax in axes.flat[len(columns):]:
+        ax.remove()
+    for n, (ax, col) in enumerate(zip(axes.flat, columns)):
+        grid = np.full((L, H), np.nan)
+        grid[df["layer"].to_numpy(int), df["head"].to_numpy(int)] = df[col].to_numpy(float)
+        im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_title(col)
+        ax.set_xlabel("head")
+        if n % n_cols == 0:
+            ax.set_ylabel("layer")
+        ax.set_xticks(range(H))
+        ax.set_yticks(range(L))
+        if np.isnan(grid).all():
+            ax.text((H - 1) / 2, (L - 1) / 2, (notes or {}).get(col, "not defined"), ha="center", va="center",
+                    fontsize=8, color="#555555", wrap=True)
+        elif annotate is not None and L * H <= 400:
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, annotate(v), ha="center", va="center", fontsize=6,
+                            color=label_color(im.cmap(im.norm(v))))
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        # Above the panels' own titles, however short the grid (bbox_inches="tight" keeps it in frame).
+        fig.suptitle(title, y=1.0 + 0.3 / fig.get_figheight())
+    return fig
+
+
+def heads_heatmap(df: pd.DataFrame, columns: Sequence[str], path: os.PathLike | str, **kwargs) -> Path:
+    """:func:`heads_figure`, written atomically to ``path``."""
+    return save_figure(heads_figure(df, columns, **kwargs), path, dpi=150)
+
+
+# ---------------------------------------------------------------------------- logit lens
+def plot_logit_lens(df: pd.DataFrame, path: Any, *, prompt: int = 0, title: str = "") -> Path:
+    """The familiar grid for one prompt, and the target's probability across boundaries.
+
+    Left panel: boundaries (embeddings at the bottom) × positions; each cell shows the lens's top
+    token, coloured by its probability. Right panel (when the table has a target): the target's
+    probability at each boundary, one line per position, on a log scale. Written atomically;
+    the format follows the suffix (.png, .svg, .pdf).
+    """
+    plt = _plt()
+    sub = df[(df["prompt"] == prompt) & (df["rank"] == 1)]
+    if sub.empty:
+        raise InterpError(f"prompt {prompt} not in the table (it has prompts {sorted(df['prompt'].unique())})")
+    positions = sorted(sub["position"].unique())
+    n_b = int(sub["boundary"].max()) + 1
+    labels = sub.drop_duplicates("boundary").sort_values("boundary")["label"].tolist()
+    inputs = sub.drop_duplicates("position").set_index("position")["input_token"]
+    grid = np.full((n_b, len(positions)), np.nan)
+    text = np.full((n_b, len(positions)), "", dtype=object)
+    col = {p: j for j, p in enumerate(positions)}
+    for r in sub.itertuples():
+        grid[r.boundary, col[r.position]] = r.prob
+        text[r.boundary, col[r.position]] = r.token
+    has_target = "target_prob" in sub
+    width = min(2 + 0.9 * len(positions), 40)
+    fig, axes = plt.subplots(
+        1, 2 if has_target else 1, figsize=(width + (5 if has_target else 0), 1.5 + 0.38 * n_b), squeeze=False,
+        gridspec_kw={"width_ratios": [width, 5] if has_target else [1], "wspace": 0.45},
+    )
+    ax = axes[0, 0]
+    im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower")
+    if grid.size <= 1500:
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, _short(text[i, j]), ha="center", va="center", fontsize=7,
+                    color=label_color(im.cmap(im.norm(v))))
+    ax.set_yticks(range(n_b), labels)
+    ax.set_xticks(range(len(positions)), [f"{_short(inputs[p])}\n{p}" for p in positions], fontsize=7)
+    ax.set_xlabel("input token / position (the lens predicts the next token)")
+    ax.set_ylabel("residual stream after")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="top-1 probability")
+    if has_target:
+        tax = axes[0, 1]
+        for p in positions:
+            curve = sub[sub["position"] == p].sort_values("boundary")
+            tax.plot(curve["boundary"], curve["target_prob"], marker="o", label=f"pos {p}")
+        tax.set_yscale("log")
+        tax.set_xticks(range(n_b), labels, rotation=90, fontsize=7)
+        tax.set_ylabel("probability (log scale)")
+        tax.set_title(f"P({sub['target'].iloc[0]!r})")
+        # Every line is named: a legend beside the panel, in as many columns as it takes.
+        tax.legend(title="position", fontsize=6, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
+                   ncol=max(1, -(-len(positions) // 20)), frameon=False)
+    lens = "W_U" if df.attrs.get("unembed", sub["unembed"].iloc[0]) == "wu" else "pinv(W_E)"
+    ln = "final LN" if bool(sub["final_ln"].iloc[0]) else "no final LN"
+    fig.suptitle(title or f"logit lens ({lens}, {ln})")
+    return save_figure(fig, path, dpi=150)
+
+
+def _short(token: str, n: int = 8) -> str:
+    token = token.replace("\n", "\\n")
+    return token if len(token) <= n else token[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------- OV spectra
+def save_spectra_figure(spectrum: pd.DataFrame, path: Any, title: str = "") -> Any:
+    """Plot every head's spectrum (σ_k, log scale) and cumulative energy, coloured by layer.
+
+    ``spectrum`` is an :func:`analyses.ov.ov_spectrum` table; the file is written atomically (png, svg or pdf).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from analyses.ov import ENERGY_LEVELS
+
+    plt = _plt()
+    for col in ("layer", "head", "k", "sigma", "cum_energy"):
+        if col not in spectrum.columns:
+            raise InterpError(f"column {col!r} missing from the spectrum table (has {', '.join(spectrum.columns)})")
+    n_layers = int(spectrum["layer"].max()) + 1
+    cmap = plt.get_cmap("viridis", max(n_layers, 2))
+    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
+    for (layer, _), g in spectrum.groupby(["layer", "head"], sort=True):
+        color = cmap(layer)
+        pos = g[g["sigma"] > 0]
+        if len(pos):
+            ax_s.plot(pos["k"], pos["sigma"], color=color, lw=0.8, alpha=0.7)
+            ax_e.plot(g["k"], g["cum_energy"], color=color, lw=0.8, alpha=0.7)
+    ax_s.set(yscale="log", xlabel="k", ylabel="σ_k", title="singular values of W_OV")
+    ax_e.set(xlabel="k", ylabel="share of Σσ² in the top k", title="cumulative energy", ylim=(0, 1.02))
+    for ax in (ax_s, ax_e):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k is a count
+    for q in ENERGY_LEVELS:
+        ax_e.axhline(q, color="grey", lw=0.5, ls="--")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-0.5, n_layers - 0.5))
+    fig.colorbar(sm, ax=[ax_s, ax_e], label="layer", fraction=0.03, ticks=range(n_layers))
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path, dpi=150)
+
+
+# ---------------------------------------------------------------------------- attention reports
+def _title(r, i: int) -> str:
+    layer, head = r.heads[i]
+    row = r.head_scores(layer, head)
+    label = row.get("label") if row else None
+    return f"L{layer}H{head}" + (f" · {label}" if isinstance(label, str) and label else "")
+
+
+def pattern_figure(r, i: int):
+    """Head ``i`` of the report as a heatmap (query rows × key columns, the masked future hatched grey)."""
+    plt = _plt()
+    from matplotlib.patches import Polygon
+
+    pattern = r.patterns[i].float().numpy()
+    p = pattern.shape[0]
+    masked = np.ma.masked_array(pattern, mask=np.triu(np.ones((p, p), bool), 1))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#e4e6ea")
+    side = min(12.0, 2.5 + 0.22 * p)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(masked, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    if p <= 64:
+        # The staircase above the diagonal: the future keys a causal head cannot see.
+        corners = [(0.5, -0.5)]
+        for q in range(p - 1):
+            corners += [(q + 0.5, q + 0.5), (q + 1.5, q + 0.5)]
+        corners.append((p - 0.5, -0.5))
+        ax.add_patch(Polygon(corners, closed=True, fill=False, hatch="///", edgecolor="#9aa0a8", linewidth=0))
+        labels = [show_token(t) for t in r.tokens]
+        ax.set_xticks(range(p))
+        ax.set_yticks(range(p))
+        # parse_math=False: a token such as "$x$" is text, not mathtext.
+        ax.set_xticklabels(labels, rotation=90, fontsize=7, parse_math=False, fontfamily="monospace")
+        ax.set_yticklabels(labels, fontsize=7, parse_math=False, fontfamily="monospace")
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    ax.set_title(_title(r, i), parse_math=False)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+    return fig
+
+
+def lines_figure(r, i: int):
+    """Head ``i`` as two columns of tokens joined by lines (queries left, keys right, opacity = weight)."""
+    plt = _plt()
+    from matplotlib.collections import LineCollection
+
+    pattern = r.patterns[i].float().numpy()
+    p = pattern.shape[0]
+    fig, ax = plt.subplots(figsize=(5.5, max(2.5, 0.2 * p + 0.8)))
+    segments, colors = [], []
+    for q in range(p):
+        row = pattern[q, : q + 1]
+        keys = [k for k in np.argsort(-row, kind="stable")[: r.line_top_k] if row[k] >= r.line_min_weight]
+        for k in keys:
+            segments.append([(0.0, -q), (1.0, -k)])
+            colors.append((0.184, 0.373, 0.702, float(min(1.0, max(0.02, row[k])))))
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.5))
+    for pos, tok in enumerate(r.tokens):
+        text = show_token(tok)
+        ax.text(-0.04, -pos, text, ha="right", va="center", fontsize=8, fontfamily="monospace", parse_math=False)
+        ax.text(1.04, -pos, text, ha="left", va="center", fontsize=8, fontfamily="monospace", parse_math=False)
+    ax.set_xlim(-0.9, 1.9)
+    ax.set_ylim(-p + 0.5, 0.5)
+    ax.axis("off")
+    ax.set_title(f"{_title(r, i)}   query → key", parse_math=False)
+    return fig
+
+
+def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> list:
+    """Write each head's heatmap and line view (and the summary heatmaps) of a report into ``directory``.
+
+    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}``. The
+    set is drawn into a temporary directory beside ``directory`` first and moved in only when every
+    figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
+    of old and new figures). Returns the paths written.
+    """
+    import shutil
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    if fmt not in ("png", "svg", "pdf"):
+        raise InterpError(f"unknown image format {fmt!r}: use png, svg or pdf")
+    directory = _image_dir(directory)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        names = []
+        for i in tqdm(range(len(r.heads)), desc=f"report {fmt}", disable=None if progress is None else not progress,
+                      leave=False):
+            layer, head = r.heads[i]
+            save_figure(pattern_figure(r, i), staging / f"L{layer}H{head}.pattern.{fmt}", dpi=150)
+            save_figure(lines_figure(r, i), staging / f"L{layer}H{head}.lines.{fmt}", dpi=120)
+            names += [f"L{layer}H{head}.pattern.{fmt}", f"L{layer}H{head}.lines.{fmt}"]
+        if r.scores is not None:
+            # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
+            heads_heatmap(r.scores, list(r.kinds), staging / f"summary.{fmt}", title="head scores",
+                          n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
+            names.append(f"summary.{fmt}")
+        mode = new_file_mode()
+        for name in names:
+            os.chmod(staging / name, mode)
+            os.replace(staging / name, directory / name)
+        return [directory / name for name in names]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _image_dir(directory) -> Path:
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InterpError(f"cannot write figures into {directory}: it is a file, not a directory")
+    parent = directory.parent if str(directory.parent) else Path(".")
+    if not directory.exists() and not parent.is_dir():
+        raise InterpError(f"cannot write figures into {directory}: directory {parent} does not exist")
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as e:
+        raise InterpError(f"cannot create the figure directory {directory}: {e.strerror}") from None
+    return directory
