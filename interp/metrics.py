@@ -196,6 +196,7 @@ class LogitDiff(_AtPosition):
     def bind(self, model) -> "LogitDiff":
         bound = LogitDiff(self.correct, self.wrong, self.position)
         bound._ids = (_token_ids(model, self.correct, "correct token"), _token_ids(model, self.wrong, "wrong token"))
+        bound.name = f"logit_diff({_shown(model, bound._ids[0])} - {_shown(model, bound._ids[1])})"
         return bound
 
     def value(self, logits: Float[Tensor, "batch d_vocab"], batch: Batch) -> Float[Tensor, ""]:
@@ -218,6 +219,7 @@ class Prob(_AtPosition):
     def bind(self, model) -> "Prob":
         bound = Prob(self.target, self.position)
         bound._ids = _token_ids(model, self.target, "target token")
+        bound.name = f"prob({_shown(model, bound._ids)})"
         return bound
 
     def value(self, logits: Float[Tensor, "batch d_vocab"], batch: Batch) -> Float[Tensor, ""]:
@@ -285,6 +287,14 @@ def resolve_metric(model, metric: Any) -> Metric:
     if callable(metric):
         return Custom(metric)
     raise InterpError(f"metric must be 'loss', a Metric or a function of the logits, not {type(metric).__name__}")
+
+
+def _shown(model, ids: Tensor) -> str:
+    """Tokens as text for a metric's name: ``' Paris'``, or ``8 tokens`` for one per prompt."""
+    if len(ids) > 3 and len(set(ids.tolist())) > 1:
+        return f"{len(ids)} tokens"
+    texts = [repr(model.tokenizer.decode([i])) for i in dict.fromkeys(ids.tolist())]
+    return texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
 
 
 def _describe(x: Any) -> str:

@@ -345,13 +345,16 @@ class HookedGPT2:
 
     def _mlp(self, layer: int, resid: Tensor, h: dict) -> Tensor:
         """A block's second half, resid_mid -> resid_post (where a run resumed with start_at_mid begins)."""
-        cfg, name = self.cfg, (lambda short: hk.LAYER_HOOKS[short].format(layer))
-        resid = self._fire(h, name("resid_mid"), resid)
+        resid = self._fire(h, hk.name("resid_mid", layer), resid)
+        return self._fire(h, hk.name("resid_post", layer), resid + self.mlp(layer, resid, h))
+
+    def mlp(self, layer: int, resid: Float[Tensor, "... d_model"], hooks: Optional[dict] = None) -> Float[Tensor, "... d_model"]:
+        """MLP ``layer``'s output for a residual stream at ``hook_resid_mid`` (its ln2 included)."""
+        cfg, h, name = self.cfg, hooks or {}, (lambda short: hk.LAYER_HOOKS[short].format(layer))
         x = self._fire(h, name("ln2"), _layer_norm(resid, self.ln2_w[layer], self.ln2_b[layer], cfg.eps))
         pre = self._fire(h, name("mlp_pre"), x @ self.W_in[layer] + self.b_in[layer])
         post = self._fire(h, name("mlp_post"), self._act(pre))
-        mlp_out = self._fire(h, name("mlp_out"), post @ self.W_out[layer] + self.b_out[layer])
-        return self._fire(h, name("resid_post"), resid + mlp_out)
+        return self._fire(h, name("mlp_out"), post @ self.W_out[layer] + self.b_out[layer])
 
     def unembed(self, resid: Float[Tensor, "... d_model"], hooks: Optional[dict] = None) -> Float[Tensor, "... d_vocab"]:
         """Final LayerNorm then unembedding, on any residual-stream tensor (e.g. a few positions)."""

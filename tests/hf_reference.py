@@ -233,3 +233,69 @@ def direct_logit_attribution(hf, tokens, mask, target: int, contrast: int, posit
     contrib = ((comps - comps.mean(-1, keepdim=True)) / sigma) @ u  # [component, batch]
     total = F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps) @ (W_U[target] - W_U[contrast])
     return labels, contrib, total
+
+
+# ---------------------------------------------------------------------------- path patching
+def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: str = "recomputed") -> torch.Tensor:
+    """Wang et al.'s path patching on Hugging Face GPT-2, written out with its own modules.
+
+    The senders' clean-minus-corrupted writes ``z_h · W_O[h]`` (c_proj's rows of the head) are added
+    to the residual stream; the MLPs between them and a receiver are rerun on the changed stream
+    (``mlps="recomputed"``) or keep their corrupted outputs (``"frozen"``); every other head keeps
+    its corrupted output. Each receiver ``(layer, head, "q"|"k"|"v")`` reads ``c_attn(ln_1(x + Δ))``
+    for its slice, ``x`` the live residual stream entering its layer; ``"logits"`` adds Δ before ln_f.
+    """
+    H, D = _heads(hf)
+    d = hf.config.n_embd
+    tr = hf.transformer
+    layers = sorted({l for l, _ in senders})
+    zc, zk = z_of(hf, clean, mask, layers), z_of(hf, corrupted, mask, layers)
+    writes = {}
+    for l, h in senders:
+        W = tr.h[l].attn.c_proj.weight.view(H, D, d)[h]
+        writes[l] = writes.get(l, 0) + (zc[l][:, :, h] - zk[l][:, :, h]) @ W
+    mids, outs, handles = {}, {}, []
+    for i, blk in enumerate(tr.h):
+        handles.append(blk.ln_2.register_forward_pre_hook(lambda m, a, i=i: mids.__setitem__(i, a[0])))
+        handles.append(blk.mlp.register_forward_hook(lambda m, a, out, i=i: outs.__setitem__(i, out)))
+    try:
+        with torch.no_grad():
+            hf(input_ids=corrupted, attention_mask=mask.long(), position_ids=position_ids(mask))
+    finally:
+        for h in handles:
+            h.remove()
+    upto = len(tr.h) if receivers == "logits" else max(l for l, _, _ in receivers)
+    delta, at = torch.zeros_like(mids[0]), {}
+    with torch.no_grad():
+        for l in range(upto):
+            at[l] = delta
+            delta = delta + writes.get(l, 0)
+            if mlps == "recomputed":
+                blk = tr.h[l]
+                delta = delta + blk.mlp(blk.ln_2(mids[l] + delta)) - outs[l]
+        at[upto] = delta
+    handles, live = [], {}
+    if receivers == "logits":
+        handles.append(tr.ln_f.register_forward_pre_hook(lambda m, a: (a[0] + at[upto],)))
+    else:
+        for l in sorted({l for l, _, _ in receivers}):
+            blk = tr.h[l]
+            handles.append(blk.ln_1.register_forward_pre_hook(lambda m, a, l=l: live.__setitem__(l, a[0])))
+
+            def edit(module, args, out, l=l, blk=blk):
+                c_attn = blk.attn.c_attn  # Conv1D: x @ W + b (called by hand: this hook is on it)
+                new = blk.ln_1(live[l] + at[l]) @ c_attn.weight + c_attn.bias
+                out = out.clone()
+                for ll, h, x in receivers:
+                    if ll == l:
+                        s = {"q": 0, "k": d, "v": 2 * d}[x] + h * D
+                        out[..., s : s + D] = new[..., s : s + D]
+                return out
+
+            handles.append(blk.attn.c_attn.register_forward_hook(edit))
+    try:
+        with torch.no_grad():
+            return hf(input_ids=corrupted, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
+    finally:
+        for h in handles:
+            h.remove()
