@@ -35,7 +35,7 @@ def direct_logit_attribution(
     contrast: Any = None,
     positions: Any = None,
     prepend_bos: bool = True,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> pd.DataFrame:
     """Each component's direct contribution to a target token's logit (or to ``target - contrast``).
 
@@ -84,7 +84,7 @@ def direct_logit_attribution(
         size = max(1, _CHUNK_BYTES // per_prompt)
         contrib, totals, labels = [], [], None
         for s in tqdm(range(0, len(batch), size), desc="direct logit attribution",
-                      disable=None if progress else True, leave=False):
+                      disable=None if progress is None else not progress, leave=False):
             sub = Batch(batch.tokens[s : s + size], batch.attention_mask[s : s + size])
             d = model.decompose_resid(sub, cfg.n_layers - 1, "post")
             labels = d.labels

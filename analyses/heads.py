@@ -138,7 +138,7 @@ def classify(
     >>> df.loc[4, ["induction", "n_induction", "previous_token"]].astype(float).round(3).to_dict()
     {'induction': 1.0, 'n_induction': 240.0, 'previous_token': 0.079}
     """
-    kinds = _check_kinds(kinds)
+    kinds = check_kinds(kinds)
     if heads is not None and layers is not None:
         raise InterpError("give layers (every head of each) or heads (those heads), not both")
     chosen = None if heads is None else select.heads(model, heads)
@@ -181,8 +181,28 @@ def label_heads(scores: pd.DataFrame, threshold: Any = None) -> pd.Series:
     return pd.Series(labels, index=scores.index, name="label")
 
 
+def ranked(scores: pd.DataFrame) -> pd.DataFrame:
+    """The table with labelled heads first, strongest on their own label first; unlabelled heads last.
+
+    >>> from interp.testing import planted_model
+    >>> ranked(classify(planted_model(), progress=False))["label"].tolist()[:2]
+    ['previous_token', 'self']
+    """
+    strength = [row[row["label"]] if row["label"] not in ("none", None) else -1.0 for _, row in scores.iterrows()]
+    order = scores.assign(_s=strength).sort_values(["_s", "layer", "head"], ascending=[False, True, True], kind="stable")
+    return order.drop(columns="_s")
+
+
+def label_rule(thresholds: Mapping[str, float]) -> str:
+    """The labelling rule in words, for the thresholds a table was labelled with."""
+    attn = {v for k, v in thresholds.items() if k != "spread"}
+    rule = [f"the attention kind scoring highest, if >= {' / '.join(f'{v:g}' for v in sorted(attn))}"] if attn else []
+    rule += [f"else spread if >= {thresholds['spread']:g}"] if "spread" in thresholds else []
+    return "; ".join([*rule, "else none"])
+
+
 # ---------------------------------------------------------------------------- checks
-def _check_kinds(kinds: Any) -> tuple[str, ...]:
+def check_kinds(kinds: Any) -> tuple[str, ...]:
     if isinstance(kinds, str):
         kinds = [kinds]
     kinds = list(kinds)
@@ -428,4 +448,4 @@ def _nanstd(x: np.ndarray) -> np.ndarray:
     return np.where(n > 1, np.sqrt(var), np.nan)
 
 
-__all__ = ["KINDS", "ATTENTION_KINDS", "THRESHOLDS", "MEASURES", "classify", "label_heads"]
+__all__ = ["KINDS", "ATTENTION_KINDS", "THRESHOLDS", "MEASURES", "classify", "label_heads", "ranked", "label_rule"]

@@ -40,7 +40,7 @@ from interp.errors import InterpError
 from interp.model import HookedGPT2
 from interp.tokens import Batch, decoder
 
-__all__ = ["logit_lens", "lens_logits", "LensLogits", "pinv_unembedding", "lens_summary", "UNEMBEDDINGS"]
+__all__ = ["logit_lens", "lens_logits", "LensLogits", "pinv_unembedding", "lens_summary", "describe", "UNEMBEDDINGS"]
 
 #: The lenses: read the residual stream with the model's unembedding, or with the embedding's pseudo-inverse.
 UNEMBEDDINGS = {"wu": "W_U, the model's unembedding", "pinv": "pinv(W_E), the min-norm least-squares inverse of the embedding"}
@@ -211,7 +211,7 @@ def logit_lens(
     final_ln: Any = True,
     unembed: Any = "wu",
     prepend_bos: bool = True,
-    progress: bool = True,
+    progress: Optional[bool] = None,
 ) -> pd.DataFrame:
     """Top-k tokens of the residual stream at every layer boundary, read through the unembedding.
 
@@ -232,7 +232,7 @@ def logit_lens(
             means with folded and raw models); ``False`` gives the raw ``resid @ W_U``.
         unembed: ``"wu"`` (the model's unembedding) or ``"pinv"`` (:func:`pinv_unembedding`; the
             table then compares each cell with the ``W_U`` lens).
-        progress: show a progress bar (on a terminal) while unembedding many positions.
+        progress: a progress bar while unembedding many positions (default: only on a terminal).
 
     Returns:
         One row per prompt, boundary, position and rank: ``prompt, boundary`` (0 = embeddings),
@@ -273,7 +273,7 @@ def logit_lens(
         chunk = max(1, _CHUNK_BYTES // (4 * model.cfg.d_vocab * (2 if wu else 1)))
         parts: dict[str, list] = {}
         starts = range(0, n_b * n, chunk)
-        for s in tqdm(starts, desc="logit lens", disable=None if progress else True, leave=False):
+        for s in tqdm(starts, desc="logit lens", disable=None if progress is None else not progress, leave=False):
             x = flat[s : s + chunk]
             for key, val in _reduce(lens(x), k, None if targets is None else targets[flat_prompt[s : s + chunk]],
                                     None if wu is None else wu(x)).items():
@@ -341,6 +341,19 @@ def _decoder(model: HookedGPT2) -> Callable[[int], str]:
 
 
 # ---------------------------------------------------------------------------- reading the table
+def describe(df: pd.DataFrame) -> str:
+    """One line saying what a :func:`logit_lens` table reads: which unembedding, which final LayerNorm."""
+    a = df.attrs
+    lens = {"wu": "W_U", "pinv": "pinv(W_E), compared with W_U"}[a["unembed"]]
+    ln = "raw resid @ unembedding, no final LayerNorm"
+    if a["final_ln"]:
+        ln = "final LayerNorm (parameter-free: its gain and bias are folded into W_U)" if a["fold_ln"] else \
+            "final LayerNorm (GPT-2's ln_f, with gain and bias)"
+    reads = "probabilities of the next token" if a["unembed"] == "wu" else \
+        "softmax of least-squares token coefficients (which input tokens the stream resembles)"
+    return f"logit lens of {a['model']}: {lens}; {ln}; {reads}"
+
+
 def lens_summary(df: pd.DataFrame, prompt: int = 0) -> pd.DataFrame:
     """A wide view of :func:`logit_lens`'s table for one prompt: one row per position and boundary.
 

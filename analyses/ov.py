@@ -68,7 +68,7 @@ __all__ = [
     "ov_tokens",
     "low_rank_ov",
     "rank_k_loss",
-    "save_spectra_figure",
+    "ov_view",
 ]
 
 #: Energy shares (of Σσ²) whose ranks the summary reports as ``rank90`` and ``rank99``.
@@ -487,3 +487,48 @@ def rank_k_loss(
     clean /= n_tokens
     rows = [(layer, head, k, s / n_tokens, clean, s / n_tokens - clean) for (layer, head, k), s in zip(runs, sums)]
     return pd.DataFrame(rows, columns=["layer", "head", "k", "loss", "clean_loss", "delta"])
+
+
+# ---------------------------------------------------------------------------- one view for the command line
+def ov_view(
+    model: HookedGPT2,
+    layer: Any = None,
+    head: Any = None,
+    *,
+    ks: Optional[Sequence[int]] = None,
+    inputs: Any = None,
+    n_directions: int = 3,
+    top: int = 8,
+    progress: Optional[bool] = None,
+) -> dict:
+    """Everything ``interp ov`` shows, as tables; ``result["table"]`` is the one ``--out`` writes.
+
+    ``summary`` (every head, :func:`ov_summary`) and its ``rows`` (the layer's or head's); with a head,
+    its ``spectrum`` and ``tokens`` (:func:`ov_spectrum`, :func:`ov_tokens`); with ``ks``, the
+    ``rank_k`` loss table on ``inputs`` (default: 8 repeated random-token sequences), for the head,
+    the layer's heads, or every head. ``table`` is ``rank_k`` if asked for, else the head's spectrum,
+    else the layer's rows, else the summary.
+    """
+    from interp.probes import repeated_tokens
+
+    if head is not None and layer is None:
+        raise InterpError("a head needs its layer")
+    if head is not None:
+        model.check_head(layer, head)
+    elif layer is not None:
+        model.check_layer(layer)
+    if ks is not None:
+        ks = [_check_rank(model, k) for k in ks]
+    summary = ov_summary(model)
+    rows = summary if layer is None else summary[summary["layer"] == layer]
+    rows = rows if head is None else rows[rows["head"] == head]
+    out: dict[str, Any] = {"summary": summary, "rows": rows, "table": rows if layer is not None else summary}
+    if head is not None:
+        out["spectrum"] = out["table"] = ov_spectrum(model, layer, head)
+        out["tokens"] = ov_tokens(model, layer, head, n_directions=n_directions, top=top)
+    if ks is not None:
+        heads = [(layer, head)] if head is not None else (
+            [(layer, h) for h in range(model.cfg.n_heads)] if layer is not None else None)
+        out["rank_k"] = out["table"] = rank_k_loss(model, repeated_tokens(model, 8) if inputs is None else inputs,
+                                                   heads=heads, ks=ks, progress=progress)
+    return out

@@ -20,7 +20,7 @@ from .errors import InterpError
 from .export import new_file_mode, save_figure
 from .report.html import show_token
 
-__all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "save_spectra_figure", "pattern_figure",
+__all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "logit_lens_figure", "spectra_figure", "save_spectra_figure", "pattern_figure",
            "lines_figure", "write_figures", "label_color"]
 
 
@@ -115,12 +115,16 @@ def heads_heatmap(df: pd.DataFrame, columns: Sequence[str], path: os.PathLike | 
 
 # ---------------------------------------------------------------------------- logit lens
 def plot_logit_lens(df: pd.DataFrame, path: Any, *, prompt: int = 0, title: str = "") -> Path:
+    """:func:`logit_lens_figure`, written atomically to ``path``."""
+    return save_figure(logit_lens_figure(df, prompt=prompt, title=title), path, dpi=150)
+
+
+def logit_lens_figure(df: pd.DataFrame, *, prompt: int = 0, title: str = ""):
     """The familiar grid for one prompt, and the target's probability across boundaries.
 
     Left panel: boundaries (embeddings at the bottom) × positions; each cell shows the lens's top
     token, coloured by its probability. Right panel (when the table has a target): the target's
-    probability at each boundary, one line per position, on a log scale. Written atomically;
-    the format follows the suffix (.png, .svg, .pdf).
+    probability at each boundary, one line per position, on a log scale.
     """
     plt = _plt()
     sub = df[(df["prompt"] == prompt) & (df["rank"] == 1)]
@@ -168,7 +172,7 @@ def plot_logit_lens(df: pd.DataFrame, path: Any, *, prompt: int = 0, title: str 
     lens = "W_U" if df.attrs.get("unembed", sub["unembed"].iloc[0]) == "wu" else "pinv(W_E)"
     ln = "final LN" if bool(sub["final_ln"].iloc[0]) else "no final LN"
     fig.suptitle(title or f"logit lens ({lens}, {ln})")
-    return save_figure(fig, path, dpi=150)
+    return fig
 
 
 def _short(token: str, n: int = 8) -> str:
@@ -178,9 +182,14 @@ def _short(token: str, n: int = 8) -> str:
 
 # ---------------------------------------------------------------------------- OV spectra
 def save_spectra_figure(spectrum: pd.DataFrame, path: Any, title: str = "") -> Any:
-    """Plot every head's spectrum (σ_k, log scale) and cumulative energy, coloured by layer.
+    """:func:`spectra_figure`, written atomically to ``path``."""
+    return save_figure(spectra_figure(spectrum, title=title), path, dpi=150)
 
-    ``spectrum`` is an :func:`analyses.ov.ov_spectrum` table; the file is written atomically (png, svg or pdf).
+
+def spectra_figure(spectrum: pd.DataFrame, *, title: str = ""):
+    """Every head's spectrum (σ_k, log scale) and cumulative energy, coloured by layer.
+
+    ``spectrum`` is an :func:`analyses.ov.ov_spectrum` table.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -209,7 +218,7 @@ def save_spectra_figure(spectrum: pd.DataFrame, path: Any, title: str = "") -> A
     fig.colorbar(sm, ax=[ax_s, ax_e], label="layer", fraction=0.03, ticks=range(n_layers))
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path, dpi=150)
+    return fig
 
 
 # ---------------------------------------------------------------------------- attention reports

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture
 def saved_figures(monkeypatch):
-    """Every matplotlib figure saved through ``interp.export.save_figure`` during the test (closed, still readable)."""
+    """Every matplotlib figure saved during the test (through ``save_figure`` or a command's outputs; closed, still readable)."""
     from interp import export, plotting
 
     figures = []
@@ -20,6 +20,15 @@ def saved_figures(monkeypatch):
 
     monkeypatch.setattr(export, "save_figure", keep)
     monkeypatch.setattr(plotting, "save_figure", keep)
+    from interp.cli.common import Outputs
+
+    queue = Outputs.add_figure
+
+    def keep_queued(self, fig, path=None):  # the command line writes its figures together with its tables
+        figures.append(fig)
+        return queue(self, fig, path)
+
+    monkeypatch.setattr(Outputs, "add_figure", keep_queued)
     return figures
 
 

@@ -457,7 +457,7 @@ def test_cli_ablate_scan_exports(planted_dir, tmp_path, capsys, saved_figures):
         (["--heads", "0.0", "--method", "mean"], "needs --reference"),
         (["--heads", "0.9"], "head 9 out of range"),
         (["--scan", "--by", "layer", "--png", "x.png"], "--png draws a layers × heads heatmap"),
-        (["--heads", "0.0", "--metric", "logit_diff"], "--correct and --wrong"),
+        (["--heads", "0.0", "--metric", "logit_diff"], "--target and --contrast"),
         ([], "give --heads"),
     ],
 )

@@ -42,7 +42,7 @@ def test_a_section_runs_and_prints_its_ratio(capsys, monkeypatch):
 
 
 def test_unknown_sections_are_refused():
-    with pytest.raises(InterpError, match=r"unknown benchmark section\(s\) \['nope'\]: choose from forward"):
+    with pytest.raises(InterpError, match=r"unknown benchmark section\(s\) \['nope'\]: choose from .*forward"):
         bench.run(["nope"])
     assert main(["bench", "--only", "forward,nope"]) == 2
 

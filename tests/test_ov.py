@@ -375,7 +375,7 @@ def test_cli_head_detail_and_rank_k(planted_dir, tmp_path, capsys):
     text.write_text(" ".join("a b c d e f g h i j a b c d e f g h i j".split() * 4))
     out = tmp_path / "loss.json"
     argv = ["ov", "--model", str(planted_dir), "--layer", "1", "--head", "0", "--rank", "0,32",
-            "--text", str(text), "--out", str(out), "--directions", "1", "--top", "4"]
+            "--text", str(text), "--out", str(out), "--directions", "1", "--tokens", "4"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "spectrum of L1H0" in printed and "numerical rank 32 of 64" in printed
@@ -389,6 +389,6 @@ def test_cli_errors(planted_dir, capsys):
     assert main(["ov", "--model", str(planted_dir), "--head", "1"]) == 2
     assert "--head needs --layer" in capsys.readouterr().err
     assert main(["ov", "--model", str(planted_dir), "--out", "table.xlsx"]) == 2
-    assert "unknown table format 'xlsx'" in capsys.readouterr().err
+    assert "--out table.xlsx: unknown table format" in capsys.readouterr().err
     assert main(["ov", "--model", str(planted_dir), "--layer", "1", "--head", "0", "--rank", "99"]) == 2
-    assert "rank 99 out of range" in capsys.readouterr().err
+    assert "--rank 99: out of range" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""The ``interp`` command: argument parsing and printing over the Python API, nothing more.
+
+Each subcommand is a module with ``add(subparsers)`` (its options) and ``run(args)`` (checks every
+option and output target, loads the model, calls the API, prints, writes). Bad input is an
+:class:`~interp.errors.InterpError`: one line on stderr naming the option, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Callable, Optional
+
+from ..errors import InterpError
+from . import ablate, circuits, heads, lens, misc, ov, report
+
+#: name -> (add the subparser, run it).
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "info": (misc.add_info, misc.run_info),
+    "bench": (misc.add_bench, misc.run_bench),
+    "heads": (heads.add, heads.run),
+    "lens": (lens.add, lens.run),
+    "report": (report.add, report.run),
+    "ov": (ov.add, ov.run),
+    "ablate": (ablate.add, ablate.run),
+    "patch": (circuits.add_patch, circuits.run_patch),
+    "path-patch": (circuits.add_path_patch, circuits.run_path_patch),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="interp", description="Mechanistic interpretability for GPT-2: heads, lens, circuits, ablation, reports.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    before = dict(sub.choices)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser, {name: p for name, p in sub.choices.items() if name not in before}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser, subparsers = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # the subcommand's own usage, not the top level's
+            subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        with warnings.catch_warnings():
+            # Library warnings (with source paths) are not the user's business; ours are InterpErrors.
+            warnings.simplefilter("ignore")
+            return COMMANDS[args.command][1](args) or 0
+    except InterpError as e:
+        print(f"interp {getattr(locals().get('args'), 'command', '')}: error: {e}".replace("interp : ", "interp: "),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""``interp patch``, ``interp path-patch`` and ``interp compose``: how heads work together."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InterpError
+from .common import (Outputs, add_model_args, add_output_args, add_progress, check_file, count, load_model,
+                     print_table, progress, read_lines)
+
+
+def _add_pair(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inputs: clean and corrupted prompts of equal token lengths, paired")
+    g.add_argument("--clean", action="append", default=[], metavar="TEXT", help="a clean prompt (repeat for more)")
+    g.add_argument("--corrupted", action="append", default=[], metavar="TEXT", help="its corrupted partner")
+    g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line")
+    g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line")
+    m = p.add_argument_group("metric (default: logit of the clean run's top token minus the corrupted run's)")
+    m.add_argument("--target", help="token the clean run should predict (text of one token, or id:N)")
+    m.add_argument("--contrast", help="token to compare it with (default: the corrupted run's top token)")
+    m.add_argument("--position", type=int, default=-1,
+                   help="position the metric reads (default -1: the last token; write --position=-2)")
+
+
+def _check_pair(args) -> None:
+    if bool(args.clean) != bool(args.corrupted) or bool(args.clean_file) != bool(args.corrupted_file):
+        raise InterpError("give clean and corrupted prompts together: --clean with --corrupted, "
+                          "--clean-file with --corrupted-file")
+    if not (args.clean or args.clean_file):
+        raise InterpError("no prompts: give --clean TEXT --corrupted TEXT (or --clean-file and --corrupted-file)")
+    if args.clean and args.clean_file:
+        raise InterpError("give prompts with --clean/--corrupted or with --clean-file/--corrupted-file, not both")
+    if args.contrast is not None and args.target is None:
+        raise InterpError("--contrast needs --target")
+    check_file(args.clean_file, "--clean-file")
+    check_file(args.corrupted_file, "--corrupted-file")
+
+
+def _pair_and_metric(model, args):
+    """(clean, corrupted, metric, a sentence saying what the metric is)."""
+    from .. import metrics, select
+    from ..patching import paired_batches
+
+    if args.clean_file:
+        clean, corrupted = read_lines(args.clean_file, "--clean-file"), read_lines(args.corrupted_file, "--corrupted-file")
+        if len(clean) != len(corrupted):
+            raise InterpError(f"--clean-file has {len(clean)} prompts but --corrupted-file has {len(corrupted)}: "
+                              "they pair by line")
+    else:
+        clean, corrupted = args.clean, args.corrupted
+    cb, kb = paired_batches(model, clean, corrupted)
+    if args.target is None:
+        metric = metrics.contrast(model, cb, kb, args.position)
+    elif args.contrast is None:
+        metric = metrics.Prob(select.cli_token(args.target), args.position).bind(model)
+    else:
+        metric = metrics.LogitDiff(select.cli_token(args.target), select.cli_token(args.contrast), args.position).bind(model)
+    if isinstance(metric, metrics.Prob) and args.target is None:
+        note = "the clean and corrupted runs predict the same top token, so the metric is its probability"
+    else:
+        note = f"metric {metric.name}"
+    return cb, kb, metric, note
+
+
+# ---------------------------------------------------------------------------- interp patch
+def add_patch(sub) -> None:
+    from ..patching import SITES
+
+    p = sub.add_parser("patch", help="activation patching: paste each clean activation into the corrupted run",
+                       description="Run the corrupted prompt with one activation at a time taken from the clean "
+                       "run and report the metric and its normalised effect (0 = corrupted, 1 = clean).")
+    _add_pair(p)
+    p.add_argument("--site", choices=list(SITES), default="z", help="what to patch (default z: each head's output)")
+    p.add_argument("--by", choices=["head", "head_pos", "layer", "layer_pos"],
+                   help="each head / head and position (head sites), each layer / layer and position (the others)")
+    p.add_argument("--heads", help="which heads (default: all), e.g. '1.*,0.4'")
+    p.add_argument("--layers", help="which layers (default: all), e.g. '0-3'")
+    p.add_argument("--top", type=count("a number of rows"), default=20, help="print the N largest |effect| (default 20)")
+    add_model_args(p)
+    add_progress(p)
+    add_output_args(p, png="write the effects as a layers × heads (or layers × positions) heatmap")
+
+
+def run_patch(args: argparse.Namespace) -> int:
+    from ..patching import HEAD_SITES, patch
+
+    _check_pair(args)
+    by = args.by or ("head" if args.site in HEAD_SITES else "layer")
+    if (by in ("head", "head_pos")) != (args.site in HEAD_SITES):
+        raise InterpError(f"--by {by} does not fit --site {args.site}: "
+                          + ("use head or head_pos" if args.site in HEAD_SITES else "use layer or layer_pos"))
+    if args.png and by not in ("head", "layer_pos"):
+        raise InterpError("--png draws layers × heads (--by head) or layers × positions (--by layer_pos)")
+    out = Outputs(args)
+    model = load_model(args)
+    cb, kb, metric, note = _pair_and_metric(model, args)
+    df = patch(model, cb, kb, metric, site=args.site, by=by, heads=args.heads, layers=args.layers,
+               progress=progress(args))
+    a = df.attrs
+    print(f"activation patching of {model.cfg.name} (fold_ln={model.cfg.fold_ln}), site {args.site} by {by}; "
+          f"{note}: clean {a['clean']:.4f}, corrupted {a['corrupted']:.4f}; effect = (patched - corrupted) / "
+          "(clean - corrupted)")
+    shown = df.reindex(df["effect"].abs().sort_values(ascending=False, kind="stable").index)
+    print_table(shown[["layer", "head", "position", "site", "value", "effect"]], max_rows=args.top)
+    out.add_table(df)
+    if out.image:
+        from ..plotting import heads_figure
+
+        if by == "head":
+            fig = heads_figure(df.astype({"layer": int, "head": int}), ["effect"], signed=True,
+                               n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
+                               title=f"patching {args.site}: effect")
+        else:  # layers × positions, drawn with the same helper (positions in the head column)
+            grid = df.assign(head=df["position"]).astype({"layer": int, "head": int})
+            fig = heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
+                               title=f"patching {args.site}: effect (columns are positions)")
+        out.add_figure(fig)
+    out.commit()
+    return 0
+
+
+# ---------------------------------------------------------------------------- interp path-patch
+def add_path_patch(sub) -> None:
+    p = sub.add_parser("path-patch", help="path patching: each sender head's clean output into chosen receivers only",
+                       description="For each sender head (default: every head before the receivers), deliver its "
+                       "clean output only to the receivers' chosen inputs (layer.head.q|k|v) or to the logits, "
+                       "every other head reading the corrupted run (Wang et al. 2022).")
+    _add_pair(p)
+    p.add_argument("--receivers", required=True, help="e.g. '1.0.k,1.2.k' (layer.head.input, input q, k or v) or 'logits'")
+    p.add_argument("--senders", help="which sender heads (default: every head before the receivers)")
+    p.add_argument("--mlps", choices=["recomputed", "frozen"], default="recomputed",
+                   help="recomputed: MLPs in between rerun on the sender's output (Wang et al., default); "
+                   "frozen: the direct path only (TransformerLens's get_act_patch_direct_path)")
+    p.add_argument("--top", type=count("a number of rows"), default=20, help="print the N largest |effect| (default 20)")
+    add_model_args(p)
+    add_progress(p)
+    add_output_args(p, png="write the effects as a layers × heads heatmap of the senders")
+
+
+def run_path_patch(args: argparse.Namespace) -> int:
+    from ..path_patching import path_patch_scan, receivers_of
+
+    _check_pair(args)
+    out = Outputs(args)
+    model = load_model(args)
+    receivers = receivers_of(model, args.receivers)
+    cb, kb, metric, note = _pair_and_metric(model, args)
+    df = path_patch_scan(model, cb, kb, receivers, metric, senders=args.senders, mlps=args.mlps,
+                         progress=progress(args))
+    a = df.attrs
+    print(f"path patching of {model.cfg.name} into {df['receiver'].iloc[0]} (MLPs {args.mlps}); {note}: "
+          f"clean {a['clean']:.4f}, corrupted {a['corrupted']:.4f}")
+    shown = df.reindex(df["effect"].abs().sort_values(ascending=False, kind="stable").index)
+    print_table(shown[["sender_layer", "sender_head", "receiver", "effect"]], max_rows=args.top)
+    out.add_table(df)
+    if out.image:
+        from ..plotting import heads_figure
+
+        grid = df.rename(columns={"sender_layer": "layer", "sender_head": "head"})
+        out.add_figure(heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
+                                    n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
+                                    title=f"path patching into {df['receiver'].iloc[0]}"))
+    out.commit()
+    return 0
