@@ -6,11 +6,13 @@
 """
 
 from .ablation import ablate
+from .attribution import attribute
+from .circuit import circuit
 from .cache import Cache
 from .errors import InterpError
 from .loading import load
 from .model import HookedGPT2
 from .tokens import Batch
 
-__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate"]
+__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate", "attribute", "circuit"]
 __version__ = "0.1.0"

@@ -1,0 +1,406 @@
+"""Circuit discovery: rank every edge by attribution, verify the best by exact patching, prune, measure.
+
+:func:`circuit` runs :func:`interp.attribution.attribute` over every edge of :mod:`interp.graph`,
+keeps the top ``edges`` (or those with ``|attribution| ≥ threshold``), measures each kept edge's
+**exact** effect, and then prunes by exact patching (Conmy et al. 2023's ACDC, on the candidates
+only): edges are tried from the weakest exact effect up and one is dropped when the circuit
+without it is no further from the full model than ``tolerance`` (in units of the clean −
+corrupted gap). Edges left dangling (a sender no kept edge feeds, a receiver that feeds nothing)
+are dropped last.
+
+What the numbers mean
+---------------------
+*The circuit run* is the model on the clean prompts in which every edge **outside** the circuit
+is ablated: each receiver's input is rebuilt as its kept senders' outputs (as computed in this
+run) plus its removed senders' replacement values, plus the biases. ``ablation="resample"``
+(default) replaces a sender's output by its value on the paired corrupted prompt;
+``ablation="mean"`` by its mean over all corrupted prompts, per position. With every edge removed
+and resampling, the circuit run *is* the corrupted run; with every edge kept it is the clean run.
+
+``faithfulness = (m(circuit) − m(corrupted)) / (m(clean) − m(corrupted))``: both normalised
+against the corrupted baseline, 1 = the circuit alone does what the model does, 0 = no better
+than the corrupted run (the gap is the same under mean ablation, so an empty circuit need not
+score 0 there).
+
+*An edge's exact effect* is path patching's direct path (:func:`interp.path_patching.path_patch`
+with ``mlps="frozen"``), generalised to every sender and receiver of the graph: the corrupted
+run with only that receiver's input given the sender's clean-minus-corrupted output, everything
+downstream recomputed; normalised the same way. Its ``attribution`` is the same quantity
+estimated from gradients: ``score / (clean − corrupted)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import hooks as hk
+from .attribution import check_method, compute_scores, edge_table, sender_outputs
+from .errors import InterpError
+from .graph import Graph
+from .metrics import Metric, resolve_metric
+from .patching import paired_batches
+from .tokens import Batch
+
+__all__ = ["circuit", "Circuit", "ABLATIONS", "circuit_value", "edge_effects"]
+
+ABLATIONS = {"resample": "a removed sender's output on the paired corrupted prompt",
+             "mean": "a removed sender's mean output over the corrupted prompts, per position"}
+
+
+@dataclass
+class Circuit:
+    """A discovered circuit: its edges (attributed and exact), nodes and faithfulness.
+
+    Attributes:
+        edges: the kept edges, strongest exact effect first: ``edge, sender, receiver, input,
+            score, attribution, effect`` (see the module docs).
+        candidates: every edge that was verified, with ``kept``.
+        nodes: the components the kept edges join (``embed``, ``L1H0``, ``MLP0``, ``logits``).
+        faithfulness: of the kept edges; ``faithfulness_candidates`` of all candidates.
+        value, clean, corrupted: the metric on the circuit run, the clean and the corrupted runs.
+    """
+
+    edges: Any
+    candidates: Any
+    nodes: list[str]
+    faithfulness: float
+    faithfulness_candidates: float
+    value: float
+    clean: float
+    corrupted: float
+    metric: str
+    method: str
+    steps: int
+    ablation: str
+    model: str
+    n_layers: int
+    n_heads: int
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    def to_json(self) -> dict:
+        """``{"nodes": [...], "edges": [{"sender", "receiver", "input", "attribution", "effect"}], "faithfulness", …}``."""
+        from .report.circuit import circuit_json
+
+        return circuit_json(self)
+
+    def svg(self) -> str:
+        """The circuit drawn as a self-contained SVG (see :mod:`interp.report.circuit`)."""
+        from .report.circuit import circuit_svg
+
+        return circuit_svg(self)
+
+    def html(self) -> str:
+        """The picture and the edge table as one self-contained HTML page."""
+        from .report.circuit import circuit_html
+
+        return circuit_html(self)
+
+    def __repr__(self) -> str:
+        return (f"Circuit({self.model}: {self.n_edges} edges, {self.n_nodes} nodes, faithfulness "
+                f"{self.faithfulness:.3f}, {self.method}, {self.ablation} ablation)")
+
+
+# ---------------------------------------------------------------------------- replacements
+def replacements(corrupt_out: Tensor, kb: Batch, ablation: str) -> Tensor:
+    """What a removed sender carries: ``[sender, batch, pos, d_model]``."""
+    if ablation == "resample":
+        return corrupt_out
+    w = kb.attention_mask.to(corrupt_out.dtype)[None, :, :, None]
+    mean = (corrupt_out * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+    return mean.expand_as(corrupt_out)
+
+
+def _check_ablation(ablation: Any) -> str:
+    if ablation not in ABLATIONS:
+        raise InterpError(f"unknown ablation {ablation!r}: use 'resample' (the paired corrupted prompt) or 'mean'")
+    return ablation
+
+
+# ---------------------------------------------------------------------------- the circuit run
+def circuit_value(model, cb: Batch, kept: Tensor, repl: Tensor) -> Tensor:
+    """The final residual stream of the clean run with every edge outside ``kept`` ablated.
+
+    ``kept`` is bool ``[sender, receiver]`` (:class:`~interp.graph.Graph` order); ``repl`` the removed
+    senders' values. Each receiver's input is the live stream minus ``Σ (live − replacement)`` over its
+    removed senders: exact, since the stream before a LayerNorm is the sum of its writers.
+    """
+    cfg, L, H = model.cfg, model.cfg.n_layers, model.cfg.n_heads
+    g = Graph(L, H)
+    removed = (g.valid & ~kept.cpu()).to(repl.dtype).to(repl.device)
+    diff = torch.zeros_like(repl)  # live − replacement, filled in as the senders write
+    stream: dict[str, Tensor] = {}
+    W = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}
+    b = {"q": model.b_Q, "k": model.b_K, "v": model.b_V}
+
+    def correction(rows: slice | int, upto: int) -> Optional[Tensor]:
+        r = removed[:upto, rows]
+        if not bool(r.any()):
+            return None
+        return torch.einsum("sr,sbpm->rbpm", r.reshape(upto, -1), diff[:upto])
+
+    def pre(x: Tensor, name: str) -> None:
+        layer = hk.layer_of(name)
+        if layer == 0:
+            diff[0] = x - repl[0]
+        stream["pre"] = x
+        stream["qkv"] = correction(slice(layer * g.per_layer, layer * g.per_layer + 3 * H), g.sender_index(layer, 0))
+
+    def qkv(act: Tensor, name: str) -> Optional[Tensor]:
+        c = stream["qkv"]
+        if c is None:
+            return None
+        layer, what = hk.layer_of(name), name.rsplit("_", 1)[1]
+        i = "qkv".index(what)
+        x = F.layer_norm(stream["pre"][None] - c[i * H : (i + 1) * H], (cfg.d_model,), model.ln1_w[layer],
+                         model.ln1_b[layer], cfg.eps)
+        return torch.einsum("hbpm,hmd->bphd", x, W[what][layer]) + b[what][layer]
+
+    def z(act: Tensor, name: str) -> None:
+        layer = hk.layer_of(name)
+        first = g.sender_index(layer, 0)
+        diff[first : first + H] = torch.einsum("bphd,hdm->hbpm", act, model.W_O[layer]) - repl[first : first + H]
+
+    def mid(x: Tensor, name: str) -> None:
+        stream["mid"] = x
+
+    def ln2(act: Tensor, name: str) -> Optional[Tensor]:
+        layer = hk.layer_of(name)
+        c = correction(layer * g.per_layer + 3 * H, g.sender_index(layer))
+        if c is None:
+            return None
+        return F.layer_norm(stream["mid"] - c[0], (cfg.d_model,), model.ln2_w[layer], model.ln2_b[layer], cfg.eps)
+
+    def mlp_out(x: Tensor, name: str) -> None:
+        i = g.sender_index(hk.layer_of(name))
+        diff[i] = x - repl[i]
+
+    def final(x: Tensor, name: str) -> Optional[Tensor]:
+        c = correction(len(g.receivers) - 1, len(g.senders))
+        return None if c is None else x - c[0]
+
+    hooks = []
+    for l in range(L):
+        hooks += [(hk.name("resid_pre", l), pre), *((hk.name(x, l), qkv) for x in "qkv"), (hk.name("z", l), z),
+                  (hk.name("resid_mid", l), mid), (hk.name("ln2", l), ln2), (hk.name("mlp_out", l), mlp_out)]
+    hooks.append((hk.name("resid_post", L - 1), final))
+    with torch.no_grad():
+        return model.forward(cb.tokens, attention_mask=cb.attention_mask, unembed=False, hooks=hooks)
+
+
+# ---------------------------------------------------------------------------- exact edge effects
+def edge_effects(model, kb: Batch, metric: Metric, pairs: list[tuple[int, int]], delta: Tensor,
+                 chunk_tokens: int = 8192, bar=None) -> list[float]:
+    """The metric of the corrupted run with each edge's receiver given its sender's ``delta`` (direct path)."""
+    cfg, L, H = model.cfg, model.cfg.n_layers, model.cfg.n_heads
+    g = Graph(L, H)
+    B, P = kb.tokens.shape
+    _, cache = model.run(kb, names=[("resid_pre", l) for l in range(L)] + [("resid_mid", l) for l in range(L)],
+                         logits=False)
+    corrupt_final = model.forward(kb.tokens, attention_mask=kb.attention_mask, unembed=False)
+    out: dict[int, float] = {}
+    per_chunk = max(1, chunk_tokens // (B * P))
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for k, (_, ri) in enumerate(pairs):
+        layer = min(ri // g.per_layer, L)
+        groups.setdefault((layer, layer < L and ri % g.per_layer == 3 * H), []).append(k)
+    with torch.no_grad():
+        for (layer, is_mlp), todo in groups.items():
+            for c in range(0, len(todo), per_chunk):
+                chunk = todo[c : c + per_chunk]
+                V = len(chunk)
+                d = torch.stack([delta[pairs[k][0]] for k in chunk])  # [V, B, P, d_model]
+                if layer == L:
+                    final = (corrupt_final[None] + d).reshape(V * B, P, -1)
+                else:
+                    name = "resid_mid" if is_mlp else "resid_pre"
+                    start = cache[name, layer].repeat(V, 1, 1)
+                    fed = (cache[name, layer][None] + d).reshape(V * B, P, -1)
+                    recv = [pairs[k][1] % g.per_layer for k in chunk]
+                    final = model.forward(start, start_at_layer=layer, start_at_mid=is_mlp, unembed=False,
+                                          attention_mask=kb.attention_mask.repeat(V, 1),
+                                          hooks=_feed_hooks(model, layer, is_mlp, recv, fed, B))
+                for j, k in enumerate(chunk):
+                    out[k] = float(metric.from_resid(model, final[j * B : (j + 1) * B], kb))
+                if bar is not None:
+                    bar.update(V)
+    return [out[k] for k in range(len(pairs))]
+
+
+def _feed_hooks(model, layer: int, is_mlp: bool, recv: list[int], fed: Tensor, B: int) -> list:
+    """Hooks giving variant j's receiver ``recv[j]`` the stream ``fed[j·B:(j+1)·B]`` as its input."""
+    cfg, H = model.cfg, model.cfg.n_heads
+    if is_mlp:
+        x = F.layer_norm(fed, (cfg.d_model,), model.ln2_w[layer], model.ln2_b[layer], cfg.eps)
+        return [(hk.name("ln2", layer), lambda act, name: x)]
+    x = F.layer_norm(fed, (cfg.d_model,), model.ln1_w[layer], model.ln1_b[layer], cfg.eps)
+    W = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}
+    b = {"q": model.b_Q, "k": model.b_K, "v": model.b_V}
+    hooks = []
+    for i, what in enumerate("qkv"):
+        mine = [(j, r - i * H) for j, r in enumerate(recv) if i * H <= r < (i + 1) * H]
+        if not mine:
+            continue
+
+        def edit(act: Tensor, name: str, mine=mine, what=what) -> Tensor:
+            act = act.clone()
+            for j, h in mine:
+                rows = slice(j * B, (j + 1) * B)
+                act[rows, :, h] = x[rows] @ W[what][layer, h] + b[what][layer, h]
+            return act
+
+        hooks.append((hk.name(what, layer), edit))
+    return hooks
+
+
+# ---------------------------------------------------------------------------- discovery
+def _connected(g: Graph, kept: Tensor) -> Tensor:
+    """``kept`` without dangling edges: only edges on some path from the embeddings to the logits."""
+    kept = kept.clone()
+    node_of_receiver = [g.senders.index(r) if r in g.senders else None for r, _ in g.receivers]
+    while True:
+        fed = kept.any(0)  # per receiver
+        alive = torch.zeros(len(g.senders), dtype=torch.bool)
+        alive[0] = True
+        for ri, si in enumerate(node_of_receiver):
+            if si is not None and fed[ri]:
+                alive[si] = True
+        useful = torch.zeros(len(g.receivers), dtype=torch.bool)
+        useful[-1] = True
+        for ri, si in enumerate(node_of_receiver):
+            if si is not None and kept[si].any():
+                useful[ri] = True
+        new = kept & alive[:, None] & useful[None, :]
+        if torch.equal(new, kept):
+            return kept
+        kept = new
+
+
+def circuit(
+    model,
+    clean: Any,
+    corrupted: Any,
+    metric: Any = None,
+    *,
+    method: str = "eap-ig",
+    steps: int = 5,
+    edges: Optional[int] = None,
+    threshold: Optional[float] = None,
+    ablation: str = "resample",
+    prune: bool = True,
+    tolerance: float = 0.01,
+    chunk_tokens: int = 8192,
+    progress: Optional[bool] = None,
+) -> Circuit:
+    """Find the circuit behind ``metric``: attribution to rank, exact patching to verify and prune.
+
+    Args:
+        model: the model.
+        clean, corrupted: prompts, token ids or Batches of equal lengths, paired by row.
+        metric: as :func:`interp.patching.patch` (default :func:`interp.metrics.contrast`).
+        method, steps: how edges are ranked (:func:`interp.attribution.attribute`; default EAP-IG, 5 steps).
+        edges: how many top edges (by ``|attribution|``) are candidates (default 50), or
+        threshold: keep candidates with ``|attribution| ≥ threshold`` (normalised units) instead.
+        ablation: ``"resample"`` or ``"mean"``: what a removed edge carries (see the module docs).
+        prune: drop candidates that exact patching finds unnecessary (else keep every candidate,
+            less dangling edges).
+        tolerance: how much closer to the full model (in units of the clean − corrupted gap) an
+            edge must keep the circuit to stay.
+        chunk_tokens: tokens one stacked pass may hold. progress: a progress bar (default: on a terminal).
+
+    Returns:
+        A :class:`Circuit`.
+
+    >>> from interp.testing import planted_model
+    >>> from interp.metrics import LogitDiff
+    >>> m = planted_model()
+    >>> c = circuit(m, "a b c d e a b c d", "a b c x e a b c d", LogitDiff("e", "a"), edges=10, progress=False)
+    >>> sorted(c.edges["edge"]), round(c.faithfulness, 3)
+    (['L0H0->L1H0.k', 'L1H0->logits', 'embed->L0H0.v'], 1.0)
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    method, steps = check_method(method, steps)
+    ablation = _check_ablation(ablation)
+    if edges is not None and threshold is not None:
+        raise InterpError("give edges (the top N) or threshold (|attribution| ≥ T), not both")
+    if edges is None and threshold is None:
+        edges = 50
+    if edges is not None and (isinstance(edges, bool) or not isinstance(edges, int) or edges < 1):
+        raise InterpError(f"edges must be a positive int (how many top edges to verify), not {edges!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
+        raise InterpError(f"threshold must be a number ≥ 0 (|attribution| in units of clean − corrupted), not {threshold!r}")
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise InterpError(f"tolerance must be a number ≥ 0, not {tolerance!r}")
+    cb, kb = paired_batches(model, clean, corrupted)
+    if metric is None:
+        from .metrics import contrast
+
+        metric = contrast(model, cb, kb)
+    metric = resolve_metric(model, metric)
+    scores = compute_scores(model, cb, kb, metric, method=method, steps=steps, chunk_tokens=chunk_tokens,
+                            progress=progress)
+    span = scores.clean - scores.corrupted
+    if span == 0:
+        raise InterpError(f"the clean and corrupted runs give the same {metric.name} ({scores.clean:.4g}): "
+                          "faithfulness is undefined; choose prompts the metric tells apart")
+    table = edge_table(scores)
+    cand = table.head(edges) if edges is not None else table[table["attribution"].abs() >= threshold]
+    if len(cand) == 0:
+        raise InterpError(f"no edge has |attribution| ≥ {threshold}: the largest is {table['attribution'].abs().max():.3g}")
+    g = scores.graph
+    pairs = [g.parse_edge(e) for e in cand["edge"]]
+    clean_out, _, _ = sender_outputs(model, cb)
+    corrupt_out, _, _ = sender_outputs(model, kb)
+    repl = replacements(corrupt_out, kb, ablation)
+
+    def faith(kept: Tensor) -> float:
+        return (float(metric.from_resid(model, circuit_value(model, cb, kept, repl), cb)) - scores.corrupted) / span
+
+    with tqdm(total=len(pairs) * (2 if prune else 1), desc="verify and prune", unit="edge",
+              disable=None if progress is None else not progress) as bar:
+        exact = edge_effects(model, kb, metric, pairs, clean_out - corrupt_out, chunk_tokens, bar)
+        cand = cand.assign(effect=[(v - scores.corrupted) / span for v in exact])
+        kept = torch.zeros_like(g.valid)
+        for si, ri in pairs:
+            kept[si, ri] = True
+        f_all = faith(kept)
+        f_now = f_all
+        if prune:
+            for k in cand["effect"].abs().sort_values(kind="stable").index:
+                si, ri = pairs[cand.index.get_loc(k)]
+                kept[si, ri] = False
+                f_without = faith(kept)
+                if abs(1 - f_without) <= abs(1 - f_now) + tolerance:
+                    f_now = f_without
+                else:
+                    kept[si, ri] = True
+                bar.update()
+    kept = _connected(g, kept)
+    value = float(metric.from_resid(model, circuit_value(model, cb, kept, repl), cb))
+    cand = cand.assign(kept=[bool(kept[si, ri]) for si, ri in pairs])
+    cols = ["edge", "sender", "receiver", "input", "score", "attribution", "effect"]
+    chosen = cand[cand["kept"]][cols]
+    chosen = chosen.reindex(chosen["effect"].abs().sort_values(ascending=False, kind="stable").index)
+    nodes = [n for n in [*g.senders, "logits"] if n in set(chosen["sender"]) | set(chosen["receiver"])]
+    return Circuit(
+        edges=chosen.reset_index(drop=True), candidates=cand.reset_index(drop=True), nodes=nodes,
+        faithfulness=(value - scores.corrupted) / span, faithfulness_candidates=f_all, value=value,
+        clean=scores.clean, corrupted=scores.corrupted, metric=metric.name, method=method, steps=steps,
+        ablation=ablation, model=model.cfg.name, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
+        attrs={"fold_ln": model.cfg.fold_ln, "tolerance": tolerance, "prune": prune,
+               "candidates": len(cand), "total_edges": int(g.valid.sum())},
+    )
