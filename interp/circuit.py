@@ -32,7 +32,7 @@ estimated from gradients: ``score / (clean − corrupted)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -297,10 +297,10 @@ def circuit(
     method: str = "eap-ig",
     steps: int = 5,
     edges: Optional[int] = None,
-    threshold: Optional[float] = None,
+    threshold: Optional[Union[int, float]] = None,
     ablation: str = "resample",
     prune: bool = True,
-    tolerance: float = 0.01,
+    tolerance: Union[int, float] = 0.01,
     chunk_tokens: int = 8192,
     progress: Optional[bool] = None,
 ) -> Circuit:
@@ -314,6 +314,10 @@ def circuit(
         edges: how many top edges (by ``|attribution|``) are candidates (default 50), or
         threshold: keep candidates with ``|attribution| ≥ threshold`` (normalised units) instead.
         ablation: ``"resample"`` or ``"mean"``: what a removed edge carries (see the module docs).
+            Under mean ablation edges that carry what the clean and corrupted prompts *share* (the
+            current token into an induction head's query) matter too, but attribution, which sees
+            only clean − corrupted, ranks them at zero: give a larger ``edges`` (or
+            ``threshold=0``) so that they are candidates.
         prune: drop candidates that exact patching finds unnecessary (else keep every candidate,
             less dangling edges).
         tolerance: how much closer to the full model (in units of the clean − corrupted gap) an
