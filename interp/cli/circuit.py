@@ -91,9 +91,8 @@ def add_circuit(sub) -> None:
                        "outside the circuit ablated, and report the circuit's faithfulness: (circuit - corrupted) / "
                        "(clean - corrupted).")
     _add_common(p, ["eap", "eap-ig"], "eap-ig")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--edges", type=count("a number of edges"), help="verify the top N edges (default 50)")
-    g.add_argument("--threshold", type=float, help="verify the edges with |attribution| >= T")
+    p.add_argument("--edges", type=count("a number of edges"), help="verify the top N edges (default 50)")
+    p.add_argument("--threshold", type=float, help="verify the edges with |attribution| >= T")
     p.add_argument("--ablation", choices=["resample", "mean"], default="resample",
                    help="what a removed edge carries: the paired corrupted prompt's value (default) or the mean "
                    "over the corrupted prompts")
@@ -109,6 +108,8 @@ def run_circuit(args: argparse.Namespace) -> int:
     from ..circuit import circuit
 
     _check_inputs(args)
+    if args.edges is not None and args.threshold is not None:
+        raise InterpError("give --edges N (the top N) or --threshold T (|attribution| >= T), not both")
     if args.threshold is not None and args.threshold < 0:
         raise InterpError(f"--threshold {args.threshold}: give a number >= 0")
     if args.tolerance < 0:
