@@ -148,3 +148,16 @@ def test_bad_attribution_arguments(planted, kwargs, message):
     with pytest.raises(InterpError, match="differ in length"):
         attribute(planted, "a b c", "a b c d", LogitDiff("a", "b"), progress=False)
     assert not planted.has_hooks
+
+
+def test_the_bench_section_prints_its_ratios(capsys, monkeypatch):
+    from interp import bench, testing
+
+    # The section on a small random model instead of GPT-2 small (same code path, less time).
+    monkeypatch.setattr(testing, "random_gpt2_small_hf", lambda seed=0: testing.random_gpt2_hf(seed, vocab_size=50257))
+    rows = bench.run(["attribute"], n_prompts=2, n_pos=16)
+    out = capsys.readouterr().out
+    assert [r.what.split(" (")[0] for r in rows[:2]] == ["EAP, every edge / one forward+backward",
+                                                         "EAP-IG 5 steps, every edge / one forward+backward"]
+    assert all(r.line() in out for r in rows) and rows[0].value > 0 and rows[1].value > rows[0].value
+    assert -1 <= rows[3].value <= 1 and "Spearman(EAP-IG head scores" in rows[4].what
