@@ -10,7 +10,7 @@ are dropped last.
 
 What the numbers mean
 ---------------------
-*The circuit run* is the model on the clean prompts in which every edge **outside** the circuit
+*The circuit run* (:mod:`interp.edge_patching`) is the model on the clean prompts in which every edge **outside** the circuit
 is ablated: each receiver's input is rebuilt as its kept senders' outputs (as computed in this
 run) plus its removed senders' replacement values, plus the biases. ``ablation="resample"``
 (default) replaces a sender's output by its value on the paired corrupted prompt;
@@ -35,22 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from . import hooks as hk
 from .attribution import check_method, compute_scores, edge_table, sender_outputs
+from .edge_patching import check_ablation, circuit_value, edge_effects, replacements
 from .errors import InterpError
 from .graph import Graph
-from .metrics import Metric, resolve_metric
+from .metrics import resolve_metric
 from .patching import paired_batches
-from .tokens import Batch
 
-__all__ = ["circuit", "faithfulness", "Circuit", "ABLATIONS", "circuit_value", "edge_effects"]
-
-ABLATIONS = {"resample": "a removed sender's output on the paired corrupted prompt",
-             "mean": "a removed sender's mean output over the corrupted prompts, per position"}
-
+__all__ = ["circuit", "faithfulness", "Circuit"]
 
 @dataclass
 class Circuit:
@@ -111,158 +105,6 @@ class Circuit:
     def __repr__(self) -> str:
         return (f"Circuit({self.model}: {self.n_edges} edges, {self.n_nodes} nodes, faithfulness "
                 f"{self.faithfulness:.3f}, {self.method}, {self.ablation} ablation)")
-
-
-# ---------------------------------------------------------------------------- replacements
-def replacements(corrupt_out: Tensor, kb: Batch, ablation: str) -> Tensor:
-    """What a removed sender carries: ``[sender, batch, pos, d_model]``."""
-    if ablation == "resample":
-        return corrupt_out
-    w = kb.attention_mask.to(corrupt_out.dtype)[None, :, :, None]
-    mean = (corrupt_out * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
-    return mean.expand_as(corrupt_out)
-
-
-def _check_ablation(ablation: Any) -> str:
-    if ablation not in ABLATIONS:
-        raise InterpError(f"unknown ablation {ablation!r}: use 'resample' (the paired corrupted prompt) or 'mean'")
-    return ablation
-
-
-# ---------------------------------------------------------------------------- the circuit run
-def circuit_value(model, cb: Batch, kept: Tensor, repl: Tensor) -> Tensor:
-    """The final residual stream of the clean run with every edge outside ``kept`` ablated.
-
-    ``kept`` is bool ``[sender, receiver]`` (:class:`~interp.graph.Graph` order); ``repl`` the removed
-    senders' values. Each receiver's input is the live stream minus ``Σ (live − replacement)`` over its
-    removed senders: exact, since the stream before a LayerNorm is the sum of its writers.
-    """
-    cfg, L, H = model.cfg, model.cfg.n_layers, model.cfg.n_heads
-    g = Graph(L, H)
-    removed = (g.valid & ~kept.cpu()).to(repl.dtype).to(repl.device)
-    diff = torch.zeros_like(repl)  # live − replacement, filled in as the senders write
-    stream: dict[str, Tensor] = {}
-    W = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}
-    b = {"q": model.b_Q, "k": model.b_K, "v": model.b_V}
-
-    def correction(rows: slice | int, upto: int) -> Optional[Tensor]:
-        r = removed[:upto, rows]
-        if not bool(r.any()):
-            return None
-        return torch.einsum("sr,sbpm->rbpm", r.reshape(upto, -1), diff[:upto])
-
-    def pre(x: Tensor, name: str) -> None:
-        layer = hk.layer_of(name)
-        if layer == 0:
-            diff[0] = x - repl[0]
-        stream["pre"] = x
-        stream["qkv"] = correction(slice(layer * g.per_layer, layer * g.per_layer + 3 * H), g.sender_index(layer, 0))
-
-    def qkv(act: Tensor, name: str) -> Optional[Tensor]:
-        c = stream["qkv"]
-        if c is None:
-            return None
-        layer, what = hk.layer_of(name), name.rsplit("_", 1)[1]
-        i = "qkv".index(what)
-        x = F.layer_norm(stream["pre"][None] - c[i * H : (i + 1) * H], (cfg.d_model,), model.ln1_w[layer],
-                         model.ln1_b[layer], cfg.eps)
-        return torch.einsum("hbpm,hmd->bphd", x, W[what][layer]) + b[what][layer]
-
-    def z(act: Tensor, name: str) -> None:
-        layer = hk.layer_of(name)
-        first = g.sender_index(layer, 0)
-        diff[first : first + H] = torch.einsum("bphd,hdm->hbpm", act, model.W_O[layer]) - repl[first : first + H]
-
-    def mid(x: Tensor, name: str) -> None:
-        stream["mid"] = x
-
-    def ln2(act: Tensor, name: str) -> Optional[Tensor]:
-        layer = hk.layer_of(name)
-        c = correction(layer * g.per_layer + 3 * H, g.sender_index(layer))
-        if c is None:
-            return None
-        return F.layer_norm(stream["mid"] - c[0], (cfg.d_model,), model.ln2_w[layer], model.ln2_b[layer], cfg.eps)
-
-    def mlp_out(x: Tensor, name: str) -> None:
-        i = g.sender_index(hk.layer_of(name))
-        diff[i] = x - repl[i]
-
-    def final(x: Tensor, name: str) -> Optional[Tensor]:
-        c = correction(len(g.receivers) - 1, len(g.senders))
-        return None if c is None else x - c[0]
-
-    hooks = []
-    for l in range(L):
-        hooks += [(hk.name("resid_pre", l), pre), *((hk.name(x, l), qkv) for x in "qkv"), (hk.name("z", l), z),
-                  (hk.name("resid_mid", l), mid), (hk.name("ln2", l), ln2), (hk.name("mlp_out", l), mlp_out)]
-    hooks.append((hk.name("resid_post", L - 1), final))
-    with torch.no_grad():
-        return model.forward(cb.tokens, attention_mask=cb.attention_mask, unembed=False, hooks=hooks)
-
-
-# ---------------------------------------------------------------------------- exact edge effects
-def edge_effects(model, kb: Batch, metric: Metric, pairs: list[tuple[int, int]], delta: Tensor,
-                 chunk_tokens: int = 8192, bar=None) -> list[float]:
-    """The metric of the corrupted run with each edge's receiver given its sender's ``delta`` (direct path)."""
-    cfg, L, H = model.cfg, model.cfg.n_layers, model.cfg.n_heads
-    g = Graph(L, H)
-    B, P = kb.tokens.shape
-    _, cache = model.run(kb, names=[("resid_pre", l) for l in range(L)] + [("resid_mid", l) for l in range(L)],
-                         logits=False)
-    corrupt_final = model.forward(kb.tokens, attention_mask=kb.attention_mask, unembed=False)
-    out: dict[int, float] = {}
-    per_chunk = max(1, chunk_tokens // (B * P))
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for k, (_, ri) in enumerate(pairs):
-        layer = min(ri // g.per_layer, L)
-        groups.setdefault((layer, layer < L and ri % g.per_layer == 3 * H), []).append(k)
-    with torch.no_grad():
-        for (layer, is_mlp), todo in groups.items():
-            for c in range(0, len(todo), per_chunk):
-                chunk = todo[c : c + per_chunk]
-                V = len(chunk)
-                d = torch.stack([delta[pairs[k][0]] for k in chunk])  # [V, B, P, d_model]
-                if layer == L:
-                    final = (corrupt_final[None] + d).reshape(V * B, P, -1)
-                else:
-                    name = "resid_mid" if is_mlp else "resid_pre"
-                    start = cache[name, layer].repeat(V, 1, 1)
-                    fed = (cache[name, layer][None] + d).reshape(V * B, P, -1)
-                    recv = [pairs[k][1] % g.per_layer for k in chunk]
-                    final = model.forward(start, start_at_layer=layer, start_at_mid=is_mlp, unembed=False,
-                                          attention_mask=kb.attention_mask.repeat(V, 1),
-                                          hooks=_feed_hooks(model, layer, is_mlp, recv, fed, B))
-                for j, k in enumerate(chunk):
-                    out[k] = float(metric.from_resid(model, final[j * B : (j + 1) * B], kb))
-                if bar is not None:
-                    bar.update(V)
-    return [out[k] for k in range(len(pairs))]
-
-
-def _feed_hooks(model, layer: int, is_mlp: bool, recv: list[int], fed: Tensor, B: int) -> list:
-    """Hooks giving variant j's receiver ``recv[j]`` the stream ``fed[j·B:(j+1)·B]`` as its input."""
-    cfg, H = model.cfg, model.cfg.n_heads
-    if is_mlp:
-        x = F.layer_norm(fed, (cfg.d_model,), model.ln2_w[layer], model.ln2_b[layer], cfg.eps)
-        return [(hk.name("ln2", layer), lambda act, name: x)]
-    x = F.layer_norm(fed, (cfg.d_model,), model.ln1_w[layer], model.ln1_b[layer], cfg.eps)
-    W = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}
-    b = {"q": model.b_Q, "k": model.b_K, "v": model.b_V}
-    hooks = []
-    for i, what in enumerate("qkv"):
-        mine = [(j, r - i * H) for j, r in enumerate(recv) if i * H <= r < (i + 1) * H]
-        if not mine:
-            continue
-
-        def edit(act: Tensor, name: str, mine=mine, what=what) -> Tensor:
-            act = act.clone()
-            for j, h in mine:
-                rows = slice(j * B, (j + 1) * B)
-                act[rows, :, h] = x[rows] @ W[what][layer, h] + b[what][layer, h]
-            return act
-
-        hooks.append((hk.name(what, layer), edit))
-    return hooks
 
 
 # ---------------------------------------------------------------------------- discovery
@@ -338,7 +180,7 @@ def circuit(
     from tqdm.auto import tqdm
 
     method, steps = check_method(method, steps)
-    ablation = _check_ablation(ablation)
+    ablation = check_ablation(ablation)
     if edges is not None and threshold is not None:
         raise InterpError("give edges (the top N) or threshold (|attribution| ≥ T), not both")
     if edges is None and threshold is None:
@@ -425,7 +267,7 @@ def faithfulness(model, clean: Any, corrupted: Any, edges: Any, metric: Any = No
     >>> round(faithfulness(m, *pair, ["L0H0->L1H0.k", "L1H0->logits"], LogitDiff("e", "a")), 3)
     0.0
     """
-    ablation = _check_ablation(ablation)
+    ablation = check_ablation(ablation)
     cb, kb = paired_batches(model, clean, corrupted)
     if metric is None:
         from .metrics import contrast
