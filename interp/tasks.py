@@ -9,9 +9,9 @@ with a local copy of GPT-2 (README, "Working offline with GPT-2") run for exampl
 
 ``induction``
     ``[BOS] r r[:-1]`` with ``r`` random tokens; corrupted: the first half replaced by other random
-    tokens, so the second half has no earlier copy to look back on. Metric: the default
-    :func:`interp.metrics.contrast` (the clean run's top token — ``r[-1]`` once the model does
-    induction — against the corrupted run's).
+    tokens, so the second half has no earlier copy to look back on. Metric: the logit of the
+    answer ``r[-1]`` minus the mean logit (the same in both weight modes; linear in the logits, so
+    attribution is not fooled by a saturated probability).
 ``induction-key``
     the same clean prompts; corrupted: only the earlier copy of the last token replaced, so the
     induction heads lose their match (keys) but not what they would copy (values).
@@ -93,7 +93,6 @@ class Task:
     """Clean and corrupted prompts (paired by row, equal token lengths), the metric and what to expect.
 
     ``clean`` and ``corrupted`` are lists of prompts, or token ids ``[batch, pos]`` (induction).
-    ``metric`` is None where the task uses the default :func:`interp.metrics.contrast`.
     """
 
     name: str
@@ -156,7 +155,13 @@ def induction(model, n_prompts: int = 8, half: int = 20, seed: int = 0, corrupt:
             raise InterpError(f"the vocabulary has too few tokens for half={half}")
         corrupted[i, span] = pool[torch.randperm(len(pool), generator=g)[:n]]
     what = "another first half" if corrupt == "half" else "the earlier copy of the last token replaced"
-    return Task("induction" if corrupt == "half" else "induction-key", clean, corrupted, None,
+    answer = clean[:, half].to(model.cfg.device)  # r[-1], what induction predicts after r[:-1]
+
+    def centred_logit(logits: Tensor) -> Tensor:  # [batch, d_vocab] at the last position
+        return logits[torch.arange(len(logits)), answer] - logits.mean(-1)
+
+    metric = Custom(centred_logit, position=-1, name="logit(r[-1]) - mean logit")
+    return Task("induction" if corrupt == "half" else "induction-key", clean, corrupted, metric,
                 f"[BOS] r r[:-1] with {half} random tokens r; corrupted: {what}", PUBLISHED["induction"],
                 {"half": half, "corrupt": corrupt})
 
