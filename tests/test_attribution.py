@@ -9,6 +9,7 @@ import torch
 from interp import InterpError, attribute
 from interp.attribution import compute_scores
 from interp.gradients import read_gradients
+from interp.hooks import resolve
 from interp.graph import Graph
 from interp.metrics import LogitDiff, Loss
 from test_patching import induction_pair, pair
@@ -26,8 +27,9 @@ def models(noisy, noisy_raw):
 def test_gradients_equal_finite_differences(noisy, point):
     clean, _ = pair(noisy, n=2, P=6)
     metric = LogitDiff(5, 9)
-    got = read_gradients(noisy, clean, [point], metric)
-    (name,) = got.gradients
+    # Read a second point too: a read must not cut the paths through it to the points before it.
+    got = read_gradients(noisy, clean, [point, "resid_pre.2"], metric)
+    (name,) = resolve(point, noisy.cfg.n_layers)
     g, act = got.gradients[name], got.activations[name]
     direction = torch.randn(act.shape, generator=torch.Generator().manual_seed(1), dtype=act.dtype)
     eps = 1e-5
@@ -44,19 +46,19 @@ def test_gradients_equal_finite_differences(noisy, point):
 
 def test_gradient_reads_leave_nothing_behind_after_an_error(noisy):
     clean, _ = pair(noisy, n=1, P=5)
-    kept = []
+    seen = []
 
     def boom(final):
-        kept.append(weakref.ref(final))
         raise RuntimeError("metric failed")
 
-    with noisy.hooks([("resid_post.0", lambda x, n: x)]):  # the user's own hook survives
-        with pytest.raises(RuntimeError, match="metric failed"):
-            read_gradients(noisy, clean, ["z.1", "resid_pre.1"], metric_of=boom)
+    with noisy.hooks([("z.1", lambda x, n: seen.append(weakref.ref(x)))]):  # the user's own hook survives
+        with pytest.raises(RuntimeError, match="metric failed") as info:
+            read_gradients(noisy, clean, ["resid_pre.1", "z.1"], metric_of=boom)
         assert noisy.has_hooks
     assert not noisy.has_hooks
     gc.collect()
-    assert kept and kept[0]() is None  # the graph died with the call: nothing retained
+    # The traceback is still held (as a notebook holds its last error), yet no activation with a graph is.
+    assert info.value is not None and seen and seen[0]() is None
     assert not torch.is_grad_enabled()  # autograd is off again (the test runs under no_grad)
     with pytest.raises(InterpError, match="no hook points named"):
         read_gradients(noisy, clean, [], Loss())
@@ -101,6 +103,9 @@ def test_a_senders_edges_sum_to_its_node_score(noisy, method):
                        method=method, steps=3, chunk_tokens=30, progress=False)  # steps in two stacked passes
     assert torch.allclose(s.edge.sum(1), s.node, atol=1e-10, rtol=0)
     assert s.node.abs().max() > 1e-2
+    one_pass = compute_scores(noisy, noisy.to_batch(clean), noisy.to_batch(corrupted), LogitDiff(5, 9).bind(noisy),
+                              method=method, steps=3, progress=False)
+    assert torch.allclose(one_pass.edge, s.edge, atol=1e-10, rtol=0)  # stacking the steps changes nothing
 
 
 def test_eap_ig_integrates_the_gradient_along_the_path(noisy):
