@@ -75,12 +75,18 @@ def check_method(method: Any, steps: Any) -> tuple[str, int]:
     return method, steps if method == "eap-ig" else 1
 
 
-def _writes(model, acts: dict, L: int) -> list[Tensor]:
-    """Every sender's output ``[batch, pos, d_model]`` in graph order, from a run's activations."""
-    out = [acts[hk.name("resid_pre", 0)]]
+def _outputs(model, acts: dict, L: int) -> Tensor:
+    """Every sender's output ``[sender, batch, pos, d_model]`` in graph order, from a run's activations."""
+    H = model.cfg.n_heads
+    x0 = acts[hk.name("resid_pre", 0)]
+    B, P, M = x0.shape
+    out = torch.empty(1 + L * (H + 1), B, P, M, dtype=x0.dtype, device=x0.device)
+    out[0] = x0
     for l in range(L):
-        heads = torch.einsum("bphd,hdm->hbpm", acts[hk.name("z", l)], model.W_O[l])
-        out += list(heads) + [acts[hk.name("mlp_out", l)]]
+        first = 1 + l * (H + 1)
+        z = acts[hk.name("z", l)].permute(2, 0, 1, 3).reshape(H, B * P, -1)  # [head, B·P, d_head]
+        torch.bmm(z, model.W_O[l], out=out[first : first + H].view(H, B * P, M))  # each head's write, in place
+        out[first + H] = acts[hk.name("mlp_out", l)]
     return out
 
 
@@ -92,7 +98,7 @@ def sender_outputs(model, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
     with torch.no_grad():
         final = model.forward(batch.tokens, attention_mask=batch.attention_mask, unembed=False,
                               hooks=[(n, lambda x, name: kept.__setitem__(name, x)) for n in names])
-    return torch.stack(_writes(model, kept, L)), _zs(kept, L), final
+    return _outputs(model, kept, L), _zs(kept, L), final
 
 
 def _zs(acts: dict, L: int) -> Tensor:
@@ -139,36 +145,71 @@ def compute_scores(model, cb: Batch, kb: Batch, metric: Metric, *, level: str = 
             got = read_gradients(model, Batch(tokens, mask), names, hooks=hooks, metric_of=metric_of)
             acts, grads = got.activations, got.gradients
             if method != "eap-ig":
-                corrupt_out, corrupt_z, corrupt_v = torch.stack(_writes(model, acts, L)), _zs(acts, L), got.value
+                corrupt_out, corrupt_z, corrupt_v = _outputs(model, acts, L), _zs(acts, L), got.value
             for n in names[: 1 + 2 * L]:
                 g = grads[n].reshape(S, B, *grads[n].shape[1:]).sum(0)
                 node_grads[n] = g if n not in node_grads else node_grads[n] + g
             if level == "edge":
                 for l in range(L + 1):
-                    g = _receiver_grads(model, acts, grads, l).reshape(-1, S, B, P, cfg.d_model).sum(1)
+                    g = _receiver_grads(model, acts, grads, l, S)
                     G[l] = g if G[l] is None else G[l] + g
             bar.update()
-    delta = clean_out - corrupt_out  # [sender, B, P, d_model]
+    delta = clean_out.sub_(corrupt_out)  # [sender, B, P, d_model]; the clean outputs are not needed after this
     node = _node_scores(model, graph, delta, clean_z - corrupt_z, node_grads)
     edge = None
     if level == "edge":
         flat = delta.reshape(len(graph.senders), -1)
-        edge = torch.cat([flat @ G[l].reshape(len(G[l]), -1).T for l in range(L + 1)], 1)
+        edge = flat.new_zeros(len(graph.senders), len(graph.receivers))
+        for l in range(L + 1):  # only the senders before a layer's MLP can feed that layer
+            n = graph.sender_index(l) if l < L else len(graph.senders)
+            edge[:n, graph.receiver_slice(l)] = flat[:n] @ G[l].reshape(len(G[l]), -1).T
         edge = edge * graph.valid.to(edge.device)
     return Scores(graph, node, edge, clean_v, corrupt_v, metric, method, steps)
 
 
-def _receiver_grads(model, acts: dict, grads: dict, layer: int) -> Tensor:
-    """∂metric/∂(each receiver's own copy of the stream) for layer ``layer``'s receivers (L: the logits)."""
-    cfg = model.cfg
+def _receiver_grads(model, acts: dict, grads: dict, layer: int, S: int) -> Tensor:
+    """Σ over the ``S`` stacked steps of ∂metric/∂(each receiver's own copy of the stream), layer ``layer``.
+
+    Layer ``n_layers`` means the logits. A head's q/k/v gradient ``g`` goes back through ``W`` and
+    ``ln1``'s Jacobian at the shared stream ``x``: with ``x̂`` the normalised stream, ``σ`` its scale and
+    ``W̃ = diag(w) W`` (the gain folded in), ``∂/∂x = (g/σ)W̃ᵀ − mean_m((g/σ)W̃ᵀ) − x̂·((g/σ)·W̃ᵀx̂)/d_model``
+    (:func:`~interp.gradients.layer_norm_backward`). The first term is summed over the steps in d_head
+    space before it is widened; the second is d_head-sized; ``W̃ᵀx̂`` is the head's own q/k/v from the
+    forward pass less its biases. So the ``[3·heads, batch, pos, d_model]`` result is written once and
+    updated twice in place, whatever ``S``.
+    """
+    cfg, H = model.cfg, model.cfg.n_heads
     if layer == cfg.n_layers:
-        return grads[hk.name("resid_post", layer - 1)][None]
-    W = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}
-    # Back through W_Q/W_K/W_V to each head's LayerNorm output, then through ln1 at the shared stream.
-    u = torch.cat([torch.einsum("bphd,hmd->hbpm", grads[hk.name(x, layer)], W[x][layer]) for x in "qkv"])
-    heads = layer_norm_backward(acts[hk.name("resid_pre", layer)], model.ln1_w[layer], u, cfg.eps)
-    mlp = layer_norm_backward(acts[hk.name("resid_mid", layer)], model.ln2_w[layer], grads[hk.name("ln2", layer)], cfg.eps)
-    return torch.cat([heads, mlp[None]])
+        g = grads[hk.name("resid_post", layer - 1)]
+        return g.reshape(S, -1, *g.shape[1:]).sum(0)[None]
+    x = acts[hk.name("resid_pre", layer)]
+    R, P, M = x.shape
+    B = R // S
+    sigma = (x.var(-1, unbiased=False, keepdim=True) + cfg.eps).sqrt()  # [R, P, 1]
+    w, b = model.ln1_w[layer], model.ln1_b[layer]
+    out = torch.empty(3 * H + 1, B, P, M, dtype=x.dtype, device=x.device)
+    m1, m2 = [], []
+    for i, (what, W_, b_) in enumerate(zip("qkv", (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V))):
+        Ww = W_[layer] * w[None, :, None]  # [H, d_model, d_head]
+        g = grads[hk.name(what, layer)] / sigma[..., None]  # [R, P, H, d_head]
+        proj = acts[hk.name(what, layer)] - (torch.einsum("m,hmd->hd", b, W_[layer]) + b_[layer])  # x̂ W̃, per head
+        m2.append((g * proj).sum(-1) / M)  # [R, P, H]
+        g = g.reshape(S, B, P, H, -1).sum(0)
+        torch.bmm(g.permute(2, 0, 1, 3).reshape(H, B * P, -1), Ww.transpose(1, 2),
+                  out=out[i * H : (i + 1) * H].view(H, B * P, M))
+        m1.append(torch.einsum("bphd,hd->hbp", g, Ww.mean(1)))  # each row's mean over d_model
+    heads = out[: 3 * H]
+    heads.sub_(torch.cat(m1)[..., None])
+    xhat = (x - x.mean(-1, keepdim=True)) / sigma
+    m2 = torch.cat(m2, -1)  # [R, P, 3H]
+    if S == 1:
+        heads.addcmul_(xhat[None], m2.permute(2, 0, 1)[..., None], value=-1)
+    else:
+        heads.sub_(torch.einsum("sbpm,sbph->hbpm", xhat.view(S, B, P, M), m2.view(S, B, P, -1)))
+    mlp = layer_norm_backward(acts[hk.name("resid_mid", layer)], model.ln2_w[layer], grads[hk.name("ln2", layer)],
+                              cfg.eps)
+    out[3 * H] = mlp.reshape(S, B, P, M).sum(0)
+    return out
 
 
 def _node_scores(model, graph: Graph, delta: Tensor, dz: Tensor, grads: dict) -> Tensor:

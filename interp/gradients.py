@@ -15,7 +15,7 @@ be read on an edited model (an ablation, an interpolated input).
 >>> model = planted_model()
 >>> g = read_gradients(model, "a b c d a b c", ["z.1", "resid_pre.0"], LogitDiff("d", "a"))
 >>> tuple(g.gradients["blocks.1.attn.hook_z"].shape)   # batch, pos, head, d_head
-(1, 8, 4, 8)
+(1, 8, 4, 64)
 """
 
 from __future__ import annotations
