@@ -122,6 +122,15 @@ def test_eap_ig_integrates_the_gradient_along_the_path(noisy):
     assert abs(eap.set_index("node").loc["embed", "attribution"] - 1) > 0.05  # plain EAP is not exact here
 
 
+def test_one_step_of_eap_ig_is_the_gradient_at_the_clean_input(noisy):
+    """α = k/steps for k = 1 … steps: one step is the clean end, i.e. EAP with the roles swapped, sign flipped."""
+    clean, corrupted = pair(noisy, n=2, P=6)
+    ig = attribute(noisy, clean, corrupted, LogitDiff(5, 9), method="eap-ig", steps=1, progress=False).set_index("edge")
+    swapped = attribute(noisy, corrupted, clean, LogitDiff(5, 9), method="eap", progress=False).set_index("edge")
+    assert (ig["score"] + swapped["score"].reindex(ig.index)).abs().max() < 1e-10
+    assert ig["score"].abs().max() > 1e-2
+
+
 def test_atp_and_eap_are_one_estimate_and_steps_only_matter_for_ig(planted):
     clean, corrupted = induction_pair(planted, n=2)
     a = attribute(planted, clean, corrupted, level="node", method="atp", steps=3, progress=False)

@@ -72,6 +72,18 @@ def test_the_circuit_run_equals_a_slow_reference(models, fold, ablation):
                               m.forward(corrupted, unembed=False), atol=1e-10)
 
 
+def test_mean_replacements_skip_padding(noisy):
+    from interp.tokens import Batch
+
+    tokens = torch.randint(1, 50, (3, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 3:] = False  # the third prompt is 3 tokens long
+    out = torch.randn(4, 3, 5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mean = replacements(out, Batch(tokens, mask), "mean")
+    assert torch.allclose(mean[:, 1, :3], out[:, :, :3].mean(1)) and torch.allclose(mean[:, 0, 3:], out[:, :2, 3:].mean(1))
+    assert torch.equal(replacements(out, Batch(tokens, mask), "resample"), out)
+
+
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "raw"])
 def test_faithfulness_equals_transformer_lens(models, fold):
     from transformer_lens.tools.analysis.attribution_patching import Node, faithfulness as tl_faithfulness
@@ -141,6 +153,12 @@ def test_the_planted_induction_circuit_is_found(planted):
     assert kept.loc["L0H0->L1H0.k", "effect"] > 0.9 and kept.loc["L0H0->L1H0.k", "attribution"] > 0.5
     without_k = [e for e in edges if e != "L0H0->L1H0.k"]
     assert faithfulness(planted, clean, corrupted, without_k) < 0.1  # and it is necessary
+    # Without pruning every candidate stays, except those on no path from the embeddings to the logits.
+    loose = circuit(planted, clean, corrupted, edges=20, prune=False, progress=False)
+    senders, receivers = set(loose.edges["sender"]), set(loose.edges["receiver"])
+    assert all(s == "embed" or s in receivers for s in senders)
+    assert all(r == "logits" or r in senders for r in receivers)
+    assert 3 < loose.n_edges < 20 and loose.faithfulness == pytest.approx(loose.faithfulness_candidates, abs=1e-4)
     # Mean ablation also removes what clean and corrupted share: the induction head's query (the current
     # token) and values must then be in the circuit too; attribution, which sees only clean − corrupted, ranks
     # them at zero (the circuit() docs say so).
