@@ -202,7 +202,7 @@ def _copying(ev: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     return score, signed
 
 
-def _warn_unfolded(model: HookedGPT2) -> None:
+def warn_unfolded(model: HookedGPT2) -> None:
     if not model.cfg.fold_ln:
         warnings.warn(
             "circuit analyses read weights in the residual basis: load with fold_ln=True "
@@ -234,7 +234,7 @@ def ov_summary(model: HookedGPT2, n_top: int = 3) -> pd.DataFrame:
     """
     if isinstance(n_top, bool) or not isinstance(n_top, int) or not 0 <= n_top <= model.cfg.d_head:
         raise InterpError(f"n_top {n_top!r} out of range: 0–{model.cfg.d_head} (d_head)")
-    _warn_unfolded(model)
+    warn_unfolded(model)
     cfg = model.cfg
     S = _factored_svd(model.W_V, model.W_O, vectors=False)  # [L, H, d_head] float64
     ranks = _ranks(S, cfg.d_model)
@@ -294,7 +294,7 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
     for name, val, hi in (("n_directions", n_directions, model.cfg.d_head), ("top", top, model.cfg.d_vocab)):
         if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= hi:
             raise InterpError(f"{name} {val!r} out of range: 1–{hi}")
-    _warn_unfolded(model)
+    warn_unfolded(model)
     U, S, V = ov_svd(model, layer, head)
     U, S, V = U[:, :n_directions], S[:n_directions], V[:, :n_directions]
     reads = model.W_E @ U  # [d_vocab, n]

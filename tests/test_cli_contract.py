@@ -23,7 +23,7 @@ def no_model(monkeypatch):
     def refuse(args):
         raise ModelLoaded(args.model)
 
-    for module in (cli.heads, cli.lens, cli.ov, cli.ablate, cli.report, cli.circuits, cli.misc):
+    for module in (cli.heads, cli.lens, cli.ov, cli.ablate, cli.report, cli.circuits, cli.compose, cli.misc):
         monkeypatch.setattr(module, "load_model", refuse)
 
 
@@ -88,6 +88,9 @@ BEFORE_THE_MODEL = [
     (["patch", "--clean", "a", "--corrupted", "b", "--contrast", "x"], "--contrast needs --target"),
     (["patch", "--clean", "a", "--corrupted", "b", "--by", "head_pos", "--png", "p.png"], "--png draws layers × heads"),
     (["path-patch", "--clean", "a", "--corrupted", "b"], "the following arguments are required: --receivers"),
+    (["compose", "--top", "0"], "argument --top: 0 is not a number of rows"),
+    (["compose", "--kind", "x"], "argument --kind: invalid choice: 'x'"),
+    (["compose", "--out", "x.xlsx"], "--out x.xlsx: unknown table format"),
     (["bench", "--only", "nope"], "unknown benchmark section(s) ['nope']"),
     (["bench", "--prompts", "0"], "argument --prompts: 0 is not a number of prompts"),
 ]
