@@ -58,6 +58,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.ov import warn_unfolded
+from interp import select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
 from interp.threads import one_thread
@@ -204,7 +205,7 @@ def composition_scores(model: HookedGPT2, kind: str = "k", *, progress: Optional
     baseline = _baseline(cfg.d_model, cfg.d_head)
     df = pd.concat([_frame(sq.sqrt(), L, H, k, baseline) for k, sq in zip(kinds, squares)], ignore_index=True)
     df.attrs["fold_ln"] = cfg.fold_ln
-    return df
+    return select.tidy(df)
 
 
 def _squared_scores(model: HookedGPT2, kinds: tuple, progress: Optional[bool]) -> list:

@@ -190,7 +190,8 @@ def patch(
         "layer": [v.layer for v in runs], "head": [v.head for v in runs], "position": [v.pos for v in runs],
         "site": site, "value": values,
         "effect": [(x - corrupt_v) / span if span != 0 else float("nan") for x in values],
-    }).astype({"layer": "Int64", "head": "Int64", "position": "Int64"})
+    })
+    df = select.tidy(df)
     df.attrs.update(metric=metric.name, clean=clean_v, corrupted=corrupt_v, model=model.cfg.name,
                     fold_ln=model.cfg.fold_ln)
     return df
