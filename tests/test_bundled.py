@@ -67,7 +67,7 @@ def test_heldout_text_loss_is_far_below_any_unigram_model(tiny):
     """
     import pydoc_data.topics
 
-    from interp.train_bundled import split_corpus
+    from tools.train_tiny.corpus import split_corpus
 
     topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
     _, held = split_corpus(topics, 20)

@@ -1,4 +1,4 @@
-"""The interp-tiny training script: its synthetic rows, its determinism and exact resume.
+"""The interp-tiny training tool (tools/train_tiny): its synthetic rows, its determinism and exact resume.
 
 The full run is a manual step (CI never retrains); these tests run the same code on a
 model and corpus small enough to take a second.
@@ -9,17 +9,10 @@ import dataclasses
 import pytest
 import torch
 
-from interp.train_bundled import (
-    Recipe,
-    build_model,
-    load_checkpoint,
-    make_batch,
-    make_optimizer,
-    mark_row,
-    save_checkpoint,
-    skip_row,
-    train_step,
-)
+from tools.train_tiny.model import build_model, make_optimizer, train_step
+from tools.train_tiny.recipe import Recipe
+from tools.train_tiny.rows import make_batch, mark_row, skip_row
+from tools.train_tiny.train import load_checkpoint, save_checkpoint
 
 MARKERS = (190, 191)
 TINY = Recipe(

@@ -1,0 +1,90 @@
+"""The model of a recipe, its optimizer and learning-rate schedule, and one training step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from interp.metrics import token_loss
+
+from .recipe import Recipe
+from .rows import make_batch
+
+
+def build_model(r: Recipe):
+    """A plain GPT-2 of the recipe's shape, dropout off (the data is effectively infinite)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=r.vocab_size,
+        n_positions=r.n_ctx,
+        n_embd=r.d_model,
+        n_layer=r.n_layer,
+        n_head=r.n_head,
+        n_inner=r.mlp_mult * r.d_model,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=r.tie_embeddings,
+        initializer_range=r.init_std,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(r.seed)
+    # Eager attention (set in the config): it returns attention patterns for the
+    # monitor, and at this size it costs little over SDPA.
+    model = GPT2LMHeadModel(cfg)
+    if r.sinusoid_pos_init:
+        pos = torch.arange(r.n_ctx, dtype=torch.float32)[:, None]
+        freq = torch.exp(-math.log(r.n_ctx * 2.0) * torch.arange(0, r.d_model, 2) / r.d_model)
+        table = torch.zeros(r.n_ctx, r.d_model)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq)
+        # Same row norm as the N(0, initializer_range) token embeddings.
+        table *= cfg.initializer_range * math.sqrt(r.d_model) / table.norm(dim=1, keepdim=True)
+        with torch.no_grad():
+            model.transformer.wpe.weight.copy_(table)
+    return model
+
+
+def make_optimizer(model, r: Recipe) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorm gains or embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim == 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": r.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=r.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+def lr_at(r: Recipe, step: int) -> float:
+    """Linear warmup then cosine decay to ``min_lr_frac * lr``."""
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    t = min(1.0, (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps))
+    return r.lr * (r.min_lr_frac + (1 - r.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_step(
+    model, opt, r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, int]
+) -> float:
+    """One optimizer step on ``make_batch(r, step, ...)``; returns the batch's mean loss."""
+    for grp in opt.param_groups:
+        grp["lr"] = lr_at(r, step)
+    tokens = make_batch(r, step, stream, markers)
+    loss = token_loss(model(tokens).logits, tokens).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+    opt.step()
+    return float(loss.detach())
