@@ -107,16 +107,20 @@ def encode_stream(tok, docs: list[str], bos_id: int) -> Int[Tensor, " n_tokens"]
 
 
 
-def marker_ids(tok) -> tuple[int, int]:
-    """Ids of the byte tokens ``\\x01`` ("new") and ``\\x02`` ("seen"): bytes no document contains."""
+#: The bytes whose tokens serve as markers: "new", "seen", then the eight *where* positions.
+MARKER_BYTES = (0x01, 0x02, *range(0x10, 0x18))
+
+
+def marker_ids(tok) -> tuple[int, ...]:
+    """Ids of the byte tokens of :data:`MARKER_BYTES`: control bytes no document contains."""
     from tokenizers import pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     ids = []
-    for b in (1, 2):
+    for b in MARKER_BYTES:
         (piece, _), = byte_level.pre_tokenize_str(chr(b))
         ids.append(tok.token_to_id(piece))
-    return ids[0], ids[1]
+    return tuple(ids)
 
 
 def unigram_losses(train: Int[Tensor, " n"], held: Int[Tensor, " m"], vocab: int) -> dict:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Int
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.metrics import token_loss
 
 from .recipe import Recipe
-from .rows import make_batch
+from .rows import make_batch, marker_targets
 
 
 def build_model(r: Recipe):
@@ -75,16 +76,41 @@ def lr_at(r: Recipe, step: int) -> float:
     return r.lr * (r.min_lr_frac + (1 - r.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def lens_logits(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """The logit lens: a block's output read through the final LayerNorm and the unembedding."""
+    return model.lm_head(model.transformer.ln_f(hidden))
+
+
+def losses(model, r: Recipe, tokens: Int[Tensor, "batch pos"], exit_at: Bool[Tensor, "batch pos-1"]) -> tuple[Tensor, Tensor]:
+    """The next-token loss, and the early exit's (its mean over ``exit_at``; 0 without an early exit)."""
+    if not r.exit_weight:
+        return token_loss(model(tokens).logits, tokens).mean(), torch.zeros(())
+    out = model(tokens, output_hidden_states=True)
+    # hidden_states[0] is the embedding, [k + 1] block k's output (ln_f is applied only to the last).
+    hidden = out.hidden_states[r.exit_layer + 1][:, :-1][exit_at]
+    exit_loss = F.cross_entropy(lens_logits(model, hidden), tokens[:, 1:][exit_at])
+    return token_loss(out.logits, tokens).mean(), exit_loss
+
+
 def train_step(
-    model, opt, r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, int]
+    model, opt, r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, ...]
 ) -> float:
-    """One optimizer step on ``make_batch(r, step, ...)``; returns the batch's mean loss."""
+    """One optimizer step on ``make_batch(r, step, ...)``; returns the batch's mean next-token loss.
+
+    With an early exit the step minimises ``loss + exit_weight * exit_loss``; the value
+    returned (and logged) is the model's own next-token loss either way.
+    """
     for grp in opt.param_groups:
         grp["lr"] = lr_at(r, step)
     tokens = make_batch(r, step, stream, markers)
-    loss = token_loss(model(tokens).logits, tokens).mean()
+    if r.exit_rows == "all":
+        exit_at = torch.ones(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
+    else:
+        exit_at = marker_targets(r, step)
+    loss, exit_loss = losses(model, r, tokens, exit_at)
+    total = loss + r.exit_weight * exit_loss if r.exit_weight and exit_at.any() else loss
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
     opt.step()
     return float(loss.detach())

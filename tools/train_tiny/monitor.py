@@ -19,7 +19,8 @@ from torch import Tensor
 from interp.metrics import token_loss
 
 from .recipe import Recipe
-from .rows import mark_row
+from .model import lens_logits
+from .rows import mark_row, where_row
 
 #: The monitor's short names for the detector's head kinds.
 KINDS = {"prev": "previous_token", "self": "self", "dup": "duplicate_token", "ind": "induction"}
@@ -36,6 +37,24 @@ def mark_probe(r: Recipe, markers: tuple[int, int], n: int = 64) -> Int[Tensor, 
     """Fixed *mark* rows over the whole vocabulary, independent of the training stream."""
     g = torch.Generator().manual_seed(20_000_003 + r.seed)
     return torch.stack([mark_row(g, r.n_ctx, r.vocab_size, markers) for _ in range(n)])
+
+
+def where_probe(r: Recipe, markers: tuple[int, ...], n: int = 64) -> Int[Tensor, "batch pos"]:
+    """Fixed *where* rows over the whole vocabulary, independent of the training stream."""
+    g = torch.Generator().manual_seed(30_000_001 + r.seed)
+    return torch.stack([where_row(g, r.n_ctx, r.vocab_size, markers) for _ in range(n)])
+
+
+def marker_losses(model, r: Recipe, tokens: Int[Tensor, "batch pos"]) -> tuple[float, float]:
+    """Loss on the markers of mark/where rows: the model's, and the logit lens's at ``r.exit_layer``."""
+    out = model(tokens, output_hidden_states=True)
+    # Markers sit at even positions 2, 4, ...; they are predicted from odd positions.
+    final = float(token_loss(out.logits, tokens)[:, 1::2].mean())
+    layer = min(r.exit_layer, r.n_layer - 2)
+    if layer < 0:
+        return final, float("nan")
+    lens = lens_logits(model, out.hidden_states[layer + 1])
+    return final, float(token_loss(lens, tokens)[:, 1::2].mean())
 
 
 def heldout_windows(stream: Int[Tensor, " n_tokens"], n_ctx: int, n: int = 64) -> Int[Tensor, "batch pos"]:
@@ -74,8 +93,12 @@ def evaluate(
     heldout: Int[Tensor, "batch pos"],
     probe: Int[Tensor, "batch pos"],
     marks: Int[Tensor, "batch pos"],
+    wheres: Int[Tensor, "batch pos"],
 ) -> dict:
-    """Held-out text loss, first/repeated-half loss on the probe, marker loss, best head scores.
+    """Held-out text loss, first/repeated-half loss on the probe, marker losses, best head scores.
+
+    Marker losses are the model's and the logit lens's at ``r.exit_layer`` (``exit_*``), on
+    the fixed mark and where probes.
 
     Keys starting with ``_`` hold every head's scores (for ``training.json``), the others one
     number each (a row of ``curves.csv``). The global RNG is left as it was.
@@ -83,8 +106,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
-        # Markers sit at even positions 2, 4, ...; they are predicted from odd positions.
-        mark_loss = float(token_loss(model(marks).logits, marks)[:, 1::2].mean())
+        mark_loss, exit_mark_loss = marker_losses(model, r, marks)
+        where_loss, exit_where_loss = marker_losses(model, r, wheres)
         heldout_loss = float(token_loss(model(heldout).logits, heldout).mean())
         losses = token_loss(model(probe).logits, probe)
         sc = head_scores(model, tokenizer, probe)
@@ -99,6 +122,9 @@ def evaluate(
         "rep_first_loss": float(losses[:, 1:s].mean()),
         "rep_second_loss": float(losses[:, s + 1 :].mean()),
         "mark_loss": mark_loss,
+        "exit_mark_loss": exit_mark_loss,
+        "where_loss": where_loss,
+        "exit_where_loss": exit_where_loss,
     }
     for k in KINDS:
         res[f"{k}_best"], res[f"{k}_head"] = best(sc[k])

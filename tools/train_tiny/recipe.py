@@ -60,6 +60,26 @@ class Recipe:
     ckpt_every: int = 500
     monitor_span: int = 25
     heldout_frac_mod: int = 20
+    # Among synthetic rows, this share is *where* (``x w x w ...``, w = "new", or where in
+    # the row the earlier copy of x was): at layer 0 only a head attending to that copy
+    # can answer, since attending to x itself gives the wrong position.
+    where_frac: float = 0.0
+    # Early exit (deep supervision): add exit_weight times the next-token loss read from
+    # block exit_layer's output through ln_f and the unembedding (the logit lens), on
+    # the marker predictions of mark and where rows ("marks") or on every prediction
+    # ("all"). Below the induction heads, "seen before?" needs a duplicate-token head.
+    exit_weight: float = 0.0
+    exit_layer: int = 0
+    exit_rows: str = "marks"
+
+    def __post_init__(self):
+        if self.exit_rows not in ("marks", "all"):
+            raise ValueError(f"exit_rows {self.exit_rows!r}: use 'marks' or 'all'")
+        if self.exit_weight and not 0 <= self.exit_layer < self.n_layer - 1:
+            raise ValueError(
+                f"exit_layer {self.exit_layer} out of range: an early exit reads a block before the last "
+                f"(0–{self.n_layer - 2} for {self.n_layer} layers)"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -107,4 +127,8 @@ RECIPE_HELP = {
     "ckpt_every": "steps between checkpoints",
     "monitor_span": "span of the fixed [BOS] r r probe used for head scores",
     "heldout_frac_mod": "hold out documents with crc32(text) %% this == 0",
+    "where_frac": "share of synthetic rows x1 w1 x2 w2 ... with w = 'new' or where the earlier copy of x is",
+    "exit_weight": "weight of the early-exit (logit-lens) next-token loss at block EXIT_LAYER's output; 0 = off",
+    "exit_layer": "block whose output the early exit reads (must be before the last)",
+    "exit_rows": "early exit on the marker predictions of mark/where rows ('marks') or on every prediction ('all')",
 }

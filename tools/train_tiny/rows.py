@@ -10,7 +10,13 @@ docstrings alone give a tiny model too little reason to form copying circuits:
 * *reverse*: ``[BOS] r reversed(r) ...`` -- predicting ``r[i-1]`` after ``r[i]``;
   the model learns it with a layer-0 head attending two tokens back, read by the
   induction heads;
-* *mark*: ``[BOS] x1 m1 x2 m2 ...``, ``m`` = "was ``x`` seen before?".
+* *mark*: ``[BOS] x1 m1 x2 m2 ...``, ``m`` = "was ``x`` seen before?";
+* *where*: ``[BOS] x1 w1 x2 w2 ...``, ``w`` = "new", or which eighth of the row the
+  earlier copy of ``x`` is in.
+
+The markers ``m`` and ``w`` are byte tokens that no document contains
+(:func:`tools.train_tiny.corpus.marker_ids`): ``markers[0]`` "new", ``markers[1]``
+"seen", ``markers[2:]`` the *where* positions.
 
 Every batch is a pure function of ``(seed, step)`` (:func:`make_batch`), so a run
 is deterministic for a given seed and thread count, and resuming from a
@@ -20,7 +26,7 @@ checkpoint needs no data-loader state.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .recipe import Recipe
@@ -94,6 +100,47 @@ def mark_row(
     return torch.cat([torch.zeros(1, dtype=torch.long), body])[:n_ctx]
 
 
+def where_row(
+    g: torch.Generator, n_ctx: int, vocab: int, markers: tuple[int, ...], n_buckets: int = 8
+) -> Int[Tensor, " pos"]:
+    """``[BOS] x1 w1 x2 w2 ...``: ``w_t`` says where the earlier copy of ``x_t`` is, if any.
+
+    ``w_t`` is ``markers[0]`` ("new") if ``x_t`` has no earlier copy, else
+    ``markers[2 + b]`` with ``b`` the bucket (of ``n_buckets``) of the copy's item
+    index. Items are distinct tokens except that a random quarter to half of them
+    repeat one earlier item, each at most once, so a repeat has exactly one earlier
+    copy. At layer 0 the answer is in one place only: the position of that copy. A
+    head attending to ``x_t`` itself (the same token) reads the wrong position, so
+    unlike *mark* rows these reward attending to the earlier copy and not to self.
+    """
+    n_items = n_ctx // 2
+    buckets = markers[2 : 2 + n_buckets]
+    if len(buckets) != n_buckets:
+        raise ValueError(f"where rows need {2 + n_buckets} markers, got {len(markers)}")
+    # Items never collide with the byte tokens the markers are taken from (ids < 256).
+    lo, hi = min(markers), max(markers) + 1
+    allowed = torch.cat([torch.arange(1, min(vocab, lo)), torch.arange(hi, max(vocab, hi))])
+    fresh = allowed[torch.randperm(len(allowed), generator=g)[:n_items]]
+    n_rep = int(torch.randint(n_items // 4, n_items // 2 + 1, (1,), generator=g))
+    is_rep = torch.zeros(n_items, dtype=torch.bool)
+    is_rep[1 + torch.randperm(n_items - 1, generator=g)[:n_rep]] = True
+    x = torch.empty(n_items, dtype=torch.long)
+    w = torch.empty(n_items, dtype=torch.long)
+    copyable: list[int] = []  # item indices of first occurrences not repeated yet
+    k = 0
+    size = -(-n_items // n_buckets)
+    for t in range(n_items):
+        if is_rep[t] and copyable:
+            src = copyable.pop(int(torch.randint(0, len(copyable), (1,), generator=g)))
+            x[t], w[t] = x[src], buckets[src // size]
+        else:
+            x[t], w[t] = fresh[k], markers[0]
+            copyable.append(t)
+            k += 1
+    body = torch.stack([x, w], dim=1).flatten()
+    return torch.cat([torch.zeros(1, dtype=torch.long), body])[:n_ctx]
+
+
 def text_row(g: torch.Generator, stream: Int[Tensor, " n_tokens"], n_ctx: int) -> Int[Tensor, " pos"]:
     """``[BOS]`` followed by a random window of the token stream."""
     start = int(torch.randint(0, len(stream) - n_ctx, (1,), generator=g))
@@ -114,8 +161,33 @@ def syn_vocab(r: Recipe, step: int) -> int:
     return int(r.syn_vocab_start + t * (r.vocab_size - r.syn_vocab_start))
 
 
+def row_kinds(r: Recipe, step: int) -> list[str]:
+    """The kind of each row of the batch of ``step``: mark, where, reverse, skip, repeat rows, then text."""
+    n_syn = round(r.batch_size * synthetic_frac(r, step))
+    ends, end = [], 0
+    for kind, frac in (("mark", r.mark_frac), ("where", r.where_frac), ("reverse", r.reverse_frac), ("skip", r.skip_frac)):
+        end += round(n_syn * frac)
+        ends.append((kind, end))
+    ends.append(("repeat", n_syn))
+    # The first kind whose end lies past the row: the fractions' rounded counts come first,
+    # so they win if rounding makes them exceed the synthetic share.
+    return [next((k for k, e in ends if i < e), "text") for i in range(r.batch_size)]
+
+
+def marker_targets(r: Recipe, step: int) -> Bool[Tensor, "batch pos-1"]:
+    """Which next-token predictions of the batch of ``step`` are markers (of mark and where rows).
+
+    Index ``[i, t]`` is the prediction of token ``t + 1`` from position ``t``: markers sit at
+    even positions 2, 4, ..., so they are predicted from the odd ones.
+    """
+    out = torch.zeros(r.batch_size, r.n_ctx - 1, dtype=torch.bool)
+    for i, kind in enumerate(row_kinds(r, step)):
+        out[i, 1::2] = kind in ("mark", "where")
+    return out
+
+
 def make_batch(
-    r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, int]
+    r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, ...]
 ) -> Int[Tensor, "batch pos"]:
     """The training batch for ``step``: a pure function of ``(r.seed, step)``.
 
@@ -123,21 +195,14 @@ def make_batch(
     is what makes resuming exact without having to restore data-loader state.
     """
     g = torch.Generator().manual_seed(r.seed * 1_000_003 + step)
-    n_syn = round(r.batch_size * synthetic_frac(r, step))
-    n_mark = round(n_syn * r.mark_frac)
-    n_rev = round(n_syn * r.reverse_frac)
-    n_skip = round(n_syn * r.skip_frac)
     vocab = syn_vocab(r, step)
-    rows = []
-    for i in range(r.batch_size):
-        if i < n_mark:
-            rows.append(mark_row(g, r.n_ctx, vocab, markers))
-        elif i < n_mark + n_rev:
-            rows.append(reverse_row(g, r.n_ctx, vocab, r.min_span, r.max_span))
-        elif i < n_mark + n_rev + n_skip:
-            rows.append(skip_row(g, r.n_ctx, vocab))
-        elif i < n_syn:
-            rows.append(repeat_row(g, r.n_ctx, vocab, r.min_span, r.max_span))
-        else:
-            rows.append(text_row(g, stream, r.n_ctx))
+    make = {
+        "mark": lambda: mark_row(g, r.n_ctx, vocab, markers),
+        "where": lambda: where_row(g, r.n_ctx, vocab, markers),
+        "reverse": lambda: reverse_row(g, r.n_ctx, vocab, r.min_span, r.max_span),
+        "skip": lambda: skip_row(g, r.n_ctx, vocab),
+        "repeat": lambda: repeat_row(g, r.n_ctx, vocab, r.min_span, r.max_span),
+        "text": lambda: text_row(g, stream, r.n_ctx),
+    }
+    rows = [make[kind]() for kind in row_kinds(r, step)]
     return torch.stack(rows)

@@ -37,7 +37,7 @@ from .corpus import (
     wrap_tokenizer,
 )
 from .model import build_model, lr_at, make_optimizer, train_step
-from .monitor import evaluate, heldout_windows, mark_probe, monitor_batch
+from .monitor import evaluate, heldout_windows, mark_probe, monitor_batch, where_probe
 from .recipe import RECIPE_HELP, Recipe
 from .rows import synthetic_frac
 
@@ -60,6 +60,9 @@ CSV_COLUMNS = (
     "elapsed_s",
     "self_best",
     "self_head",
+    "exit_mark_loss",
+    "where_loss",
+    "exit_where_loss",
 )
 
 
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = monitor_batch(recipe)
     markers = marker_ids(tok)
     marks = mark_probe(recipe, markers)
+    wheres = where_probe(recipe, markers)
 
     model = build_model(recipe)
     if recipe.init_from:
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(step: int) -> None:
         nonlocal last_eval, loss_acc, loss_n
-        ev = evaluate(model, hf_tok, recipe, heldout, probe, marks)
+        ev = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres)
         last_eval = ev
         row = {
             "step": step,
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             f"rep {ev['rep_first_loss']:.2f}/{ev['rep_second_loss']:.2f} "
             f"prev {ev['prev_best']:.2f}@{ev['prev_head']} dup {ev['dup_best']:.2f}@{ev['dup_head']} "
             f"ind {ev['ind_best']:.2f}@{ev['ind_head']} self {ev['self_best']:.2f}@{ev['self_head']} prevtext {ev['prev_text_best']:.2f} "
-            f"mark {ev['mark_loss']:.2f} "
+            f"mark {ev['mark_loss']:.2f}/{ev['exit_mark_loss']:.2f} where {ev['where_loss']:.2f}/{ev['exit_where_loss']:.2f} "
             f"t {row['elapsed_s']:.0f}s",
             flush=True,
         )
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
 
     wall = prev_elapsed + time.time() - t_start
     if not last_eval:
-        last_eval = evaluate(model, hf_tok, recipe, heldout, probe, marks)
+        last_eval = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres)
     export(model, tok, recipe, out, wall, last_eval, train_stream, held_stream, len(train_docs), len(held_docs))
 
 
