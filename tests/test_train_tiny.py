@@ -11,11 +11,12 @@ import torch
 
 from tools.train_tiny.model import build_model, losses, lr_at, make_optimizer, train_step
 from tools.train_tiny.recipe import Recipe
-from tools.train_tiny.rows import make_batch, mark_row, marker_targets, row_kinds, skip_row, where_row
+from tools.train_tiny.rows import make_batch, mark_row, marker_positions, marker_targets, row_kinds, skip_row, where_row
 from tools.train_tiny.train import load_checkpoint, save_checkpoint
 
 MARKERS = (190, 191)
-WHERE_MARKERS = (190, 191, *range(205, 213))
+WHERE_MARKERS = (190, 191, *range(205, 213), 192)
+EXIT_MARKERS = (290, 291, *range(292, 300), 289)
 TINY = Recipe(
     steps=8,
     n_layer=1,
@@ -64,19 +65,25 @@ def test_mark_rows_say_whether_each_item_was_seen_before():
 def test_where_rows_say_where_the_one_earlier_copy_is():
     g = torch.Generator().manual_seed(0)
     n_rep = n_items = 0
+    parity = [0, 0]
     for vocab in (256, 4096):
         for _ in range(50):
             row = where_row(g, 64, vocab, WHERE_MARKERS)
             assert row.shape == (64,) and row[0] == 0
-            items, marks = row[1::2], row[2::2]
-            assert not torch.isin(items, torch.tensor(WHERE_MARKERS)).any()
-            for t, m in enumerate(marks.tolist()):
-                earlier = (items[:t] == items[t]).nonzero().flatten().tolist()
+            at = marker_positions(row, WHERE_MARKERS, "where")
+            assert not torch.isin(row[1:][at], torch.tensor(WHERE_MARKERS[-1:])).any()  # the filler is no marker
+            for t in at.nonzero().flatten().tolist():
+                item, mark = int(row[t]), int(row[t + 1])
+                assert item not in WHERE_MARKERS
+                earlier = (row[:t] == item).nonzero().flatten().tolist()
                 assert len(earlier) <= 1  # a repeat has exactly one earlier copy
-                assert m == (WHERE_MARKERS[2 + earlier[0] // 4] if earlier else WHERE_MARKERS[0])
+                assert mark == (WHERE_MARKERS[2 + 8 * earlier[0] // 64] if earlier else WHERE_MARKERS[0])
+                if earlier:
+                    parity[(t - earlier[0]) % 2] += 1
                 n_rep += bool(earlier)
                 n_items += 1
-    assert 0.25 < n_rep / n_items < 0.5
+    assert 0.2 < n_rep / n_items < 0.5
+    assert min(parity) > 0.4 * sum(parity)  # copies an odd number of positions back as often as even
 
 
 def test_the_batch_has_its_rows_in_the_recipes_shares_and_markers_where_they_are():
@@ -84,11 +91,11 @@ def test_the_batch_has_its_rows_in_the_recipes_shares_and_markers_where_they_are
     kinds = row_kinds(r, 0)  # synthetic only
     assert kinds == ["mark"] * 2 + ["where"] * 2 + ["reverse"] * 2 + ["repeat"] * 2
     tokens = make_batch(r, 0, stream(), WHERE_MARKERS)
-    at = marker_targets(r, 0)
+    at = marker_targets(r, 0, tokens, WHERE_MARKERS)
     targets = tokens[:, 1:]
-    assert torch.isin(targets[at], torch.tensor(WHERE_MARKERS)).all()
+    assert torch.isin(targets[at], torch.tensor(WHERE_MARKERS[:-1])).all()
     assert not torch.isin(targets[:4][~at[:4]], torch.tensor(MARKERS)).any()  # the items of mark/where rows
-    assert at[:4].all(dim=0).tolist() == [False, True] * 7 + [False] and not at[4:].any()
+    assert at[:2].all(dim=0).tolist() == [False, True] * 7 + [False] and at[2:4].any(1).all() and not at[4:].any()
     # Without mark or where rows the batch is drawn exactly as before they existed.
     assert row_kinds(TINY, 5) == ["reverse", "skip", "repeat"] + ["text"] * 3
 
@@ -168,9 +175,11 @@ def test_without_an_early_exit_a_step_is_plain_next_token_training():
 
 def test_the_early_exit_is_the_logit_lens_loss_on_the_markers():
     r = dataclasses.replace(TINY, n_layer=2, mark_frac=0.5, where_frac=0.5, exit_weight=0.5)
+    # Markers above every item id at step 0 (ids < syn_vocab_start), so the tokens alone say where they are.
+    assert min(EXIT_MARKERS) >= r.syn_vocab_start
     model = build_model(r)
-    tokens = make_batch(r, 0, stream(), WHERE_MARKERS)
-    at = marker_targets(r, 0)
+    tokens = make_batch(r, 0, stream(), EXIT_MARKERS)
+    at = marker_targets(r, 0, tokens, EXIT_MARKERS)
     loss, exit_loss = losses(model, r, tokens, at)
     # Independently: block 0's output by a torch hook, then ln_f and the tied unembedding by hand.
     seen = {}
@@ -183,8 +192,11 @@ def test_the_early_exit_is_the_logit_lens_loss_on_the_markers():
     h = torch.nn.functional.layer_norm(seen["out"], (r.d_model,), ln.weight, ln.bias, ln.eps)
     logp = (h @ model.transformer.wte.weight.T).log_softmax(-1)[:, :-1]
     nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
-    rows = [i for i, k in enumerate(row_kinds(r, 0)) if k in ("mark", "where")]
-    assert rows and torch.allclose(exit_loss, nll[rows][:, 1::2].mean(), atol=1e-5)
+    marker_set = torch.tensor(EXIT_MARKERS[:-1])
+    rows = torch.tensor([k in ("mark", "where") for k in row_kinds(r, 0)])
+    picked = rows[:, None] & torch.isin(tokens[:, 1:], marker_set)  # by the tokens, not the batch's layout
+    assert picked.any() and torch.equal(picked, at)
+    assert torch.allclose(exit_loss, nll[picked].mean(), atol=1e-5)
     assert abs(exit_loss.item() - loss.item()) > 1e-3  # not the model's own loss
 
 

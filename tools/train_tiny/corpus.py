@@ -107,8 +107,8 @@ def encode_stream(tok, docs: list[str], bos_id: int) -> Int[Tensor, " n_tokens"]
 
 
 
-#: The bytes whose tokens serve as markers: "new", "seen", then the eight *where* positions.
-MARKER_BYTES = (0x01, 0x02, *range(0x10, 0x18))
+#: The bytes whose tokens serve as markers: "new", "seen", the eight *where* positions, the filler.
+MARKER_BYTES = (0x01, 0x02, *range(0x10, 0x18), 0x03)
 
 
 def marker_ids(tok) -> tuple[int, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,40 @@ def build_model(r: Recipe):
     return model
 
 
+def parse_heads(spec: str, r: Recipe) -> list[tuple[int, int]]:
+    """``"0.2,0.7"`` -> ``[(0, 2), (0, 7)]``, each checked against the recipe's shape."""
+    heads = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        try:
+            layer, head = (int(v) for v in item.split("."))
+        except ValueError:
+            raise ValueError(f"head {item!r}: write LAYER.HEAD, e.g. 0.2") from None
+        if not (0 <= layer < r.n_layer and 0 <= head < r.n_head):
+            raise ValueError(f"head {item!r} out of range: {r.n_layer} layers (0–{r.n_layer - 1}) of {r.n_head} heads (0–{r.n_head - 1})")
+        heads.append((layer, head))
+    return heads
+
+
+@torch.no_grad()
+def reinit_heads(model, r: Recipe) -> None:
+    """Give the heads of ``r.reinit_heads`` fresh random weights, drawn as GPT-2 draws them, from the seed.
+
+    Their query, key and value columns of ``c_attn`` and their rows of ``c_proj`` are
+    redrawn (biases zero): a head that starts from scratch inside an already trained
+    model, with diffuse attention instead of a committed pattern.
+    """
+    g = torch.Generator().manual_seed(r.seed * 1_000_003 + 999_983)
+    d, dh = r.d_model, r.d_model // r.n_head
+    for layer, head in parse_heads(r.reinit_heads, r):
+        attn = model.transformer.h[layer].attn
+        for part in range(3):  # query, key, value
+            cols = slice(part * d + head * dh, part * d + (head + 1) * dh)
+            attn.c_attn.weight[:, cols] = torch.randn(d, dh, generator=g) * r.init_std
+            attn.c_attn.bias[cols] = 0
+        rows = slice(head * dh, (head + 1) * dh)
+        attn.c_proj.weight[rows] = torch.randn(dh, d, generator=g) * (r.init_std / math.sqrt(2 * r.n_layer))
+
+
 def make_optimizer(model, r: Recipe) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, LayerNorm gains or embeddings)."""
     decay, no_decay = [], []
@@ -92,6 +128,29 @@ def losses(model, r: Recipe, tokens: Int[Tensor, "batch pos"], exit_at: Bool[Ten
     return token_loss(out.logits, tokens).mean(), exit_loss
 
 
+@contextlib.contextmanager
+def self_masked(model, queries: Bool[Tensor, "batch pos"]) -> Iterator[None]:
+    """Within the block, layer 0's heads cannot attend from the ``queries`` positions to themselves.
+
+    A head that matches tokens finds the query's own position as its best match: masking
+    it while "where was the earlier copy?" is learned leaves the earlier copy as the only
+    match (see ``Recipe.self_mask_steps``).
+    """
+
+    def add_mask(module, args, kwargs):
+        causal = args[2]  # the additive [batch, 1, q, k] mask the blocks receive (eager attention)
+        diag = torch.zeros_like(causal)
+        idx = queries.nonzero(as_tuple=True)
+        diag[idx[0], 0, idx[1], idx[1]] = torch.finfo(causal.dtype).min
+        return (*args[:2], causal + diag, *args[3:]), kwargs
+
+    handle = model.transformer.h[0].register_forward_pre_hook(add_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def train_step(
     model, opt, r: Recipe, step: int, stream: Int[Tensor, " n_tokens"], markers: tuple[int, ...]
 ) -> float:
@@ -106,8 +165,14 @@ def train_step(
     if r.exit_rows == "all":
         exit_at = torch.ones(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
     else:
-        exit_at = marker_targets(r, step)
-    loss, exit_loss = losses(model, r, tokens, exit_at)
+        exit_at = marker_targets(r, step, tokens, markers)
+    masking = contextlib.nullcontext()
+    if step < r.self_mask_steps:
+        items = torch.zeros(tokens.shape, dtype=torch.bool)
+        items[:, :-1] = marker_targets(r, step, tokens, markers)
+        masking = self_masked(model, items)
+    with masking:
+        loss, exit_loss = losses(model, r, tokens, exit_at)
     total = loss + r.exit_weight * exit_loss if r.exit_weight and exit_at.any() else loss
     opt.zero_grad(set_to_none=True)
     total.backward()

@@ -20,7 +20,7 @@ from interp.metrics import token_loss
 
 from .recipe import Recipe
 from .model import lens_logits
-from .rows import mark_row, where_row
+from .rows import mark_row, marker_positions, where_row
 
 #: The monitor's short names for the detector's head kinds.
 KINDS = {"prev": "previous_token", "self": "self", "dup": "duplicate_token", "ind": "induction"}
@@ -45,16 +45,15 @@ def where_probe(r: Recipe, markers: tuple[int, ...], n: int = 64) -> Int[Tensor,
     return torch.stack([where_row(g, r.n_ctx, r.vocab_size, markers) for _ in range(n)])
 
 
-def marker_losses(model, r: Recipe, tokens: Int[Tensor, "batch pos"]) -> tuple[float, float]:
-    """Loss on the markers of mark/where rows: the model's, and the logit lens's at ``r.exit_layer``."""
+def marker_losses(model, r: Recipe, tokens: Int[Tensor, "batch pos"], at: Bool[Tensor, "batch pos-1"]) -> tuple[float, float]:
+    """Loss on the markers (predictions ``at``): the model's, and the logit lens's at ``r.exit_layer``."""
     out = model(tokens, output_hidden_states=True)
-    # Markers sit at even positions 2, 4, ...; they are predicted from odd positions.
-    final = float(token_loss(out.logits, tokens)[:, 1::2].mean())
+    final = float(token_loss(out.logits, tokens)[at].mean())
     layer = min(r.exit_layer, r.n_layer - 2)
     if layer < 0:
         return final, float("nan")
     lens = lens_logits(model, out.hidden_states[layer + 1])
-    return final, float(token_loss(lens, tokens)[:, 1::2].mean())
+    return final, float(token_loss(lens, tokens)[at].mean())
 
 
 def heldout_windows(stream: Int[Tensor, " n_tokens"], n_ctx: int, n: int = 64) -> Int[Tensor, "batch pos"]:
@@ -94,6 +93,7 @@ def evaluate(
     probe: Int[Tensor, "batch pos"],
     marks: Int[Tensor, "batch pos"],
     wheres: Int[Tensor, "batch pos"],
+    markers: tuple[int, ...],
 ) -> dict:
     """Held-out text loss, first/repeated-half loss on the probe, marker losses, best head scores.
 
@@ -106,8 +106,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[]):
-        mark_loss, exit_mark_loss = marker_losses(model, r, marks)
-        where_loss, exit_where_loss = marker_losses(model, r, wheres)
+        mark_at, where_at = (torch.stack([marker_positions(row, markers, kind) for row in rows])
+                             for rows, kind in ((marks, "mark"), (wheres, "where")))
+        mark_loss, exit_mark_loss = marker_losses(model, r, marks, mark_at)
+        where_loss, exit_where_loss = marker_losses(model, r, wheres, where_at)
         heldout_loss = float(token_loss(model(heldout).logits, heldout).mean())
         losses = token_loss(model(probe).logits, probe)
         sc = head_scores(model, tokenizer, probe)

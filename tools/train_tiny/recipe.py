@@ -71,6 +71,12 @@ class Recipe:
     exit_weight: float = 0.0
     exit_layer: int = 0
     exit_rows: str = "marks"
+    # For the first self_mask_steps steps, layer-0 heads may not attend from the items of
+    # mark and where rows to themselves (every other row and the monitor are unmasked).
+    self_mask_steps: int = 0
+    # Heads ("L.H,L.H") whose weights are redrawn at random after loading init_from: spare
+    # capacity, a head with diffuse attention inside a trained model.
+    reinit_heads: str = ""
 
     def __post_init__(self):
         if self.exit_rows not in ("marks", "all"):
@@ -130,5 +136,7 @@ RECIPE_HELP = {
     "where_frac": "share of synthetic rows x1 w1 x2 w2 ... with w = 'new' or where the earlier copy of x is",
     "exit_weight": "weight of the early-exit (logit-lens) next-token loss at block EXIT_LAYER's output; 0 = off",
     "exit_layer": "block whose output the early exit reads (must be before the last)",
+    "self_mask_steps": "for this many steps, layer 0 cannot attend from an item of a mark/where row to itself",
+    "reinit_heads": "heads L.H,L.H given fresh random weights (from the seed) after loading --init-from",
     "exit_rows": "early exit on the marker predictions of mark/where rows ('marks') or on every prediction ('all')",
 }

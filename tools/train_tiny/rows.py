@@ -11,12 +11,12 @@ docstrings alone give a tiny model too little reason to form copying circuits:
   the model learns it with a layer-0 head attending two tokens back, read by the
   induction heads;
 * *mark*: ``[BOS] x1 m1 x2 m2 ...``, ``m`` = "was ``x`` seen before?";
-* *where*: ``[BOS] x1 w1 x2 w2 ...``, ``w`` = "new", or which eighth of the row the
-  earlier copy of ``x`` is in.
+* *where*: ``[BOS] x1 w1 x2 w2 f ...``, ``w`` = "new", or which eighth of the row the
+  earlier copy of ``x`` is in (``f``: a filler, half the time).
 
 The markers ``m`` and ``w`` are byte tokens that no document contains
 (:func:`tools.train_tiny.corpus.marker_ids`): ``markers[0]`` "new", ``markers[1]``
-"seen", ``markers[2:]`` the *where* positions.
+"seen", ``markers[2:10]`` the *where* positions, ``markers[10]`` the filler.
 
 Every batch is a pure function of ``(seed, step)`` (:func:`make_batch`), so a run
 is deterministic for a given seed and thread count, and resuming from a
@@ -103,42 +103,39 @@ def mark_row(
 def where_row(
     g: torch.Generator, n_ctx: int, vocab: int, markers: tuple[int, ...], n_buckets: int = 8
 ) -> Int[Tensor, " pos"]:
-    """``[BOS] x1 w1 x2 w2 ...``: ``w_t`` says where the earlier copy of ``x_t`` is, if any.
+    """``[BOS] x1 w1 x2 w2 f x3 w3 ...``: ``w_t`` says where the earlier copy of ``x_t`` is, if any.
 
     ``w_t`` is ``markers[0]`` ("new") if ``x_t`` has no earlier copy, else
-    ``markers[2 + b]`` with ``b`` the bucket (of ``n_buckets``) of the copy's item
-    index. Items are distinct tokens except that a random quarter to half of them
-    repeat one earlier item, each at most once, so a repeat has exactly one earlier
-    copy. At layer 0 the answer is in one place only: the position of that copy. A
-    head attending to ``x_t`` itself (the same token) reads the wrong position, so
-    unlike *mark* rows these reward attending to the earlier copy and not to self.
+    ``markers[2 + b]`` where ``b = n_buckets * p // n_ctx`` for the copy's position ``p``.
+    After a marker a filler ``markers[2 + n_buckets]`` follows half the time, so a copy
+    is as often an odd as an even number of positions back. Items are distinct tokens,
+    except that each is repeated at most once (with probability between a quarter and
+    a half per item), so a repeat has exactly one earlier copy. At layer 0 the answer
+    is in one place only: the position of that copy. A head attending to ``x_t``
+    itself (the same token) reads the wrong position, so unlike *mark* rows these
+    reward attending to the earlier copy and not to self.
     """
-    n_items = n_ctx // 2
-    buckets = markers[2 : 2 + n_buckets]
-    if len(buckets) != n_buckets:
-        raise ValueError(f"where rows need {2 + n_buckets} markers, got {len(markers)}")
+    if len(markers) < 3 + n_buckets:
+        raise ValueError(f"where rows need {3 + n_buckets} markers (new, seen, {n_buckets} positions, filler), got {len(markers)}")
+    new, buckets, filler = markers[0], markers[2 : 2 + n_buckets], markers[2 + n_buckets]
     # Items never collide with the byte tokens the markers are taken from (ids < 256).
     lo, hi = min(markers), max(markers) + 1
     allowed = torch.cat([torch.arange(1, min(vocab, lo)), torch.arange(hi, max(vocab, hi))])
-    fresh = allowed[torch.randperm(len(allowed), generator=g)[:n_items]]
-    n_rep = int(torch.randint(n_items // 4, n_items // 2 + 1, (1,), generator=g))
-    is_rep = torch.zeros(n_items, dtype=torch.bool)
-    is_rep[1 + torch.randperm(n_items - 1, generator=g)[:n_rep]] = True
-    x = torch.empty(n_items, dtype=torch.long)
-    w = torch.empty(n_items, dtype=torch.long)
-    copyable: list[int] = []  # item indices of first occurrences not repeated yet
-    k = 0
-    size = -(-n_items // n_buckets)
-    for t in range(n_items):
-        if is_rep[t] and copyable:
-            src = copyable.pop(int(torch.randint(0, len(copyable), (1,), generator=g)))
-            x[t], w[t] = x[src], buckets[src // size]
+    fresh = allowed[torch.randperm(len(allowed), generator=g)[:n_ctx]].tolist()
+    p_repeat = 0.25 + 0.25 * float(torch.rand((), generator=g))
+    tokens = [0]
+    copyable: list[tuple[int, int]] = []  # (token, position) of items not repeated yet
+    while len(tokens) < n_ctx:
+        if copyable and float(torch.rand((), generator=g)) < p_repeat:
+            item, pos = copyable.pop(int(torch.randint(0, len(copyable), (1,), generator=g)))
+            tokens += [item, buckets[n_buckets * pos // n_ctx]]
         else:
-            x[t], w[t] = fresh[k], markers[0]
-            copyable.append(t)
-            k += 1
-    body = torch.stack([x, w], dim=1).flatten()
-    return torch.cat([torch.zeros(1, dtype=torch.long), body])[:n_ctx]
+            item = fresh.pop()
+            copyable.append((item, len(tokens)))
+            tokens += [item, new]
+        if float(torch.rand((), generator=g)) < 0.5:
+            tokens.append(filler)
+    return torch.tensor(tokens[:n_ctx])
 
 
 def text_row(g: torch.Generator, stream: Int[Tensor, " n_tokens"], n_ctx: int) -> Int[Tensor, " pos"]:
@@ -174,16 +171,27 @@ def row_kinds(r: Recipe, step: int) -> list[str]:
     return [next((k for k, e in ends if i < e), "text") for i in range(r.batch_size)]
 
 
-def marker_targets(r: Recipe, step: int) -> Bool[Tensor, "batch pos-1"]:
+def marker_targets(
+    r: Recipe, step: int, tokens: Int[Tensor, "batch pos"], markers: tuple[int, ...]
+) -> Bool[Tensor, "batch pos-1"]:
     """Which next-token predictions of the batch of ``step`` are markers (of mark and where rows).
 
-    Index ``[i, t]`` is the prediction of token ``t + 1`` from position ``t``: markers sit at
-    even positions 2, 4, ..., so they are predicted from the odd ones.
+    Index ``[i, t]`` is the prediction of token ``t + 1`` from position ``t``, the item's.
     """
-    out = torch.zeros(r.batch_size, r.n_ctx - 1, dtype=torch.bool)
+    out = torch.zeros(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
     for i, kind in enumerate(row_kinds(r, step)):
-        out[i, 1::2] = kind in ("mark", "where")
+        if kind in ("mark", "where"):
+            out[i] = marker_positions(tokens[i], markers, kind)
     return out
+
+
+def marker_positions(row: Int[Tensor, " pos"], markers: tuple[int, ...], kind: str) -> Bool[Tensor, " pos-1"]:
+    """Predictions of a mark or where row that are markers: ``[t]`` is True if token ``t + 1`` is one."""
+    if kind == "mark":  # x1 m1 x2 m2 ...: markers at even positions
+        out = torch.zeros(len(row) - 1, dtype=torch.bool)
+        out[1::2] = True
+        return out
+    return torch.isin(row[1:], torch.tensor(markers[: len(markers) - 1]))  # every marker but the filler
 
 
 def make_batch(

@@ -36,7 +36,7 @@ from .corpus import (
     unigram_losses,
     wrap_tokenizer,
 )
-from .model import build_model, lr_at, make_optimizer, train_step
+from .model import build_model, lr_at, make_optimizer, reinit_heads, train_step
 from .monitor import evaluate, heldout_windows, mark_probe, monitor_batch, where_probe
 from .recipe import RECIPE_HELP, Recipe
 from .rows import synthetic_frac
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if unexpected or set(missing) - {"lm_head.weight"}:
             raise SystemExit(f"--init-from {recipe.init_from}: missing {missing}, unexpected {unexpected}")
+    reinit_heads(model, recipe)
     opt = make_optimizer(model, recipe)
     start_step, prev_elapsed = 0, 0.0
     resumed_loss = (0.0, 0)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def log(step: int) -> None:
         nonlocal last_eval, loss_acc, loss_n
-        ev = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres)
+        ev = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres, markers)
         last_eval = ev
         row = {
             "step": step,
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
 
     wall = prev_elapsed + time.time() - t_start
     if not last_eval:
-        last_eval = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres)
+        last_eval = evaluate(model, hf_tok, recipe, heldout, probe, marks, wheres, markers)
     export(model, tok, recipe, out, wall, last_eval, train_stream, held_stream, len(train_docs), len(held_docs))
 
 
