@@ -1,12 +1,15 @@
 """Training: checkpoints, the loop, the exported model directory, and the command line.
 
-The shipped model is trained in two stages (the flags' defaults are stage 1):
+The shipped model is trained in three stages (the flags' defaults are stage 1):
 
 1. from scratch, synthetic sequences only at first (a curriculum: induction forms
    without text competing for capacity; the phase change shows as a sudden drop of
    the loss on the repeated half of the probe), then half text;
 2. ``--init-from`` stage 1's output: half text, half synthetic with more *reverse*
-   rows, the random-token range ramped up again.
+   rows, the random-token range ramped up again;
+3. ``--init-from`` stage 2's output with one layer-0 head redrawn (``--reinit-heads``):
+   *where* rows and an early exit at block 0 (``--exit-weight``), meant to grow a
+   duplicate-token head (it grew a token-matching head that also attends to itself).
 
 Checkpoints hold only tensors and plain Python values and load with
 ``torch.load(weights_only=True)``; resuming from one gives the same weights as not
@@ -341,11 +344,15 @@ def export(model, tok, r: Recipe, out: Path, wall: float, ev: dict, train_stream
         },
     }
     if r.init_from:
-        # Keep the earlier stage's record beside this one: together they are the recipe.
+        # Keep the earlier stages' records beside this one: together they are the recipe. The
+        # stages the earlier run kept itself come first; its own record is the stage after them.
         prev = Path(r.init_from)
-        for name in ("training", "curves"):
-            src = prev / (name + (".json" if name == "training" else ".csv"))
-            if src.exists() and src.resolve() != (out / src.name).resolve():
-                (out / f"{name}-stage1{src.suffix}").write_bytes(src.read_bytes())
+        if prev.resolve() != out.resolve():
+            earlier = sorted(prev.glob("training-stage*.json"))
+            for src in [*earlier, *prev.glob("curves-stage*.csv")]:
+                (out / src.name).write_bytes(src.read_bytes())
+            for src in (prev / "training.json", prev / "curves.csv"):
+                if src.exists():
+                    (out / f"{src.stem}-stage{len(earlier) + 1}{src.suffix}").write_bytes(src.read_bytes())
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out} (wall {wall:.0f}s); final: {json.dumps(info['final'] | {'head_scores_repeat_probe': '...', 'prev_scores_heldout_text': '...'})}")
