@@ -209,10 +209,3 @@ def planted_model(fold_ln: bool = True) -> HookedGPT2:
     """The planted-circuit model (see module docs) loaded as a HookedGPT2."""
     hf_model, tok = planted_hf_model()
     return load(hf_model, tokenizer=tok, fold_ln=fold_ln)
-
-
-def repeated_tokens(d_vocab: int, n_prompts: int, half: int, seed: int = 0, bos: int = 0) -> torch.Tensor:
-    """``[BOS] + r + r`` for random ``r`` of ``half`` tokens (never BOS), shape ``[n_prompts, 1 + 2·half]``."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randint(1, d_vocab, (n_prompts, half), generator=g)
-    return torch.cat([torch.full((n_prompts, 1), bos), r, r], 1)
