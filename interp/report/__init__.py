@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
+from interp.export import check_target
 
 from .html import render
 
@@ -255,26 +256,14 @@ def report_html(model, prompt: Prompt, **kwargs) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
-def _check_file_target(path, what: str) -> Path:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise InterpError(f"cannot write the {what} to {path}: it is a directory")
-    if not parent.is_dir():
-        raise InterpError(f"cannot write the {what} to {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write the {what} to {path}: directory {parent} is not writable")
-    return path
-
-
 def check_outputs(path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None) -> None:
     """Raise :class:`InterpError` if an output cannot be written (before any work is done)."""
     if path is None and png is None and svg is None and csv is None:
         raise InterpError("nothing to write: give an HTML path, or png/svg directories or a csv path")
     if path is not None:
-        _check_file_target(path, "report")
+        check_target(path, "the report")
     if csv is not None:
-        _check_file_target(csv, "CSV")
+        check_target(csv, "the CSV")
     for d in (png, svg):
         if d is None:
             continue
