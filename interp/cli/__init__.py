@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError
-from . import ablate, circuits, heads, lens, misc, ov, report
+from . import ablate, check, circuits, heads, lens, misc, ov, report
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "ablate": (ablate.add, ablate.run),
     "patch": (circuits.add_patch, circuits.run_patch),
     "path-patch": (circuits.add_path_patch, circuits.run_path_patch),
+    "check-gpt2": (check.add, check.run),
 }
 
 
