@@ -173,7 +173,8 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
         if unexpected:
             what.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', …' if len(unexpected) > 3 else ''})")
         raise InterpError(
-            f"{where} does not match its config.json ({s.n_layers} layers, {s.n_heads} heads, d_model {s.d_model}, "
+            f"{where} does not match its config.json ({s.n_layers} layer{'s' * (s.n_layers != 1)}, {s.n_heads} heads, "
+            f"d_model {s.d_model}, "
             f"vocab {s.d_vocab}): {' and '.join(what)} tensors"
         )
     for name, shape in expected.items():
@@ -316,22 +317,31 @@ def iter_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
         yield name, t
 
 
-def write_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Optional[dict] = None) -> None:
-    """Write tensors in the safetensors format, one tensor at a time (for building test checkpoints)."""
+def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Optional[dict] = None) -> None:
+    """Write tensors in the safetensors format, one at a time (for building test checkpoints).
+
+    ``tensors`` maps names to tensors, or to ``(shape, dtype, make)`` where ``make()`` returns the
+    tensor when it is written: a multi-GB checkpoint never has to be in memory at once.
+    """
     names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    specs = {k: (tuple(v.shape), v.dtype, (lambda v=v: v)) if isinstance(v, Tensor) else v for k, v in tensors.items()}
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+    for name, (shape, dtype, _) in specs.items():
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": names[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
-        for t in tensors.values():
-            t = t.detach().contiguous().cpu()
+        for name, (shape, dtype, make) in specs.items():
+            t = make().detach().to(dtype).contiguous().cpu()
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: made a tensor of shape {tuple(t.shape)}, declared {shape}")
             if t.numel():
                 f.write(memoryview(t.view(torch.uint8).numpy()).cast("B"))
 

@@ -52,7 +52,7 @@ def load(
     *,
     device: str = "cpu",
     dtype: Union[str, torch.dtype] = "float32",
-    fold_ln: bool = True,
+    fold_ln: Any = True,  # a bool, checked below with a message naming the value (not by the runtime checker)
     tokenizer: Any = None,
 ) -> HookedGPT2:
     """Load a GPT-2 as a :class:`HookedGPT2`.

@@ -61,15 +61,17 @@ class Tokenizer:
                 backend = _bpe_from_vocab_and_merges(path / "vocab.json", path / "merges.txt")
             else:
                 raise InterpError(f"{path} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
-            special = _special_tokens(path)
+            special, tokenizer_class = _special_tokens(path)
         except InterpError:
             raise
         except Exception as e:  # noqa: BLE001 - tokenizers and json raise many kinds here
             raise InterpError(f"cannot read the tokenizer in {path}: {type(e).__name__}: {_first_line(e)}") from None
-        # GPT2Tokenizer's defaults: every unset special token is <|endoftext|> (pad stays unset).
-        for key in ("bos_token", "eos_token", "unk_token"):
-            if special.get(key) is None and backend.token_to_id(GPT2_SPECIAL) is not None:
-                special[key] = GPT2_SPECIAL
+        # GPT2Tokenizer's defaults (the class transformers picks for GPT-2 unless tokenizer_config.json
+        # names another): every unset special token but pad is <|endoftext|>.
+        if tokenizer_class in (None, "GPT2Tokenizer", "GPT2TokenizerFast"):
+            for key in ("bos_token", "eos_token", "unk_token"):
+                if key not in special and backend.token_to_id(GPT2_SPECIAL) is not None:
+                    special[key] = GPT2_SPECIAL
         return cls(backend, **special, name_or_path=str(path))
 
     # ------------------------------------------------------------------ encoding
@@ -148,9 +150,10 @@ class Tokenizer:
         return f"Tokenizer({self.name_or_path!r}, {len(self)} tokens, bos={self.bos_token!r})"
 
 
-def _special_tokens(path: Path) -> dict[str, Optional[str]]:
-    """Special tokens from ``special_tokens_map.json`` then ``tokenizer_config.json`` (which wins)."""
+def _special_tokens(path: Path) -> tuple[dict[str, Optional[str]], Optional[str]]:
+    """Special tokens from ``special_tokens_map.json`` then ``tokenizer_config.json`` (which wins), and the class named."""
     found: dict[str, Optional[str]] = {}
+    tokenizer_class = None
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = path / name
         if f.is_file():
@@ -160,7 +163,8 @@ def _special_tokens(path: Path) -> dict[str, Optional[str]]:
                 if key in data:
                     value = data[key]
                     found[key] = value.get("content") if isinstance(value, dict) else value
-    return found
+            tokenizer_class = data.get("tokenizer_class", tokenizer_class)
+    return found, tokenizer_class
 
 
 def _bpe_from_vocab_and_merges(vocab: Path, merges: Path):
