@@ -21,9 +21,10 @@ _EXPORTS = {
     "Batch": ".tokens",
     "InterpError": ".errors",
     "ablate": ".ablation",
+    "show": ".report.notebook",
 }
 
-__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate"]
+__all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate", "show"]
 __version__ = "0.1.0"
 
 
