@@ -121,6 +121,13 @@ class Report:
         """The report as one self-contained HTML page (see the module docs)."""
         return render(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
+        from .notebook import frame_height, iframe
+
+        return iframe(self.html(), frame_height(len(self.heads), self.scores is not None),
+                      title=f"Attention report · {self.model_name}")
+
 
 # ---------------------------------------------------------------------------- building
 def _tokens(model, prompt: Prompt) -> Tensor:
