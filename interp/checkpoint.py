@@ -8,9 +8,9 @@ JSON file and a few hundred tensors. This module does that with ``json`` and ``t
 * :class:`SafetensorsFile` — the safetensors format (an 8-byte header length, a JSON header of
   ``name -> dtype, shape, byte range``, then the raw bytes) read with ``readinto`` straight into the
   destination tensor: no memory map, no second copy of a tensor;
-* :func:`read_weights` — every GPT-2 tensor into :func:`empty_weights`'s stacked layout, each one
-  written into its place as it is read (peak memory: the model plus one tensor), after checking
-  that the checkpoint has exactly the tensors the config implies, with exactly their shapes.
+* :func:`read_weights` — every GPT-2 tensor into :func:`weight_shapes`'s stacked layout, each one
+  read straight into its place (peak memory: the model), after checking that the checkpoint has
+  exactly the tensors the config implies, with exactly their shapes.
 
 The layout (TransformerLens's, stacked over layers) is what :class:`~interp.model.HookedGPT2`
 takes: ``W_Q[layer, head]`` is ``[d_model, d_head]``, ``W_O[layer, head]`` is ``[d_head, d_model]``,
@@ -111,22 +111,36 @@ def read_config(path: Path) -> GPT2Shape:
 
 # ---------------------------------------------------------------------------- the layout
 def weight_shapes(s: GPT2Shape) -> dict[str, tuple[int, ...]]:
-    """Every stacked weight of :class:`~interp.model.HookedGPT2` and its shape."""
+    """The stacked weights :func:`read_weights` fills, and their shapes.
+
+    Queries, keys and values stay fused as GPT-2 stores them: ``W_qkv[layer]`` is ``c_attn``'s
+    ``[d_model, 3·n_heads·d_head]`` (the model's one fused matmul); :func:`attention_views` gives
+    ``W_Q``, ``W_K``, ``W_V`` and their biases as views of it, in TransformerLens's layout.
+    """
     L, H, M, D, F, V, N = s.n_layers, s.n_heads, s.d_model, s.d_head, s.d_mlp, s.d_vocab, s.n_ctx
     return {
-        "W_E": (V, M), "W_pos": (N, M),
-        "W_Q": (L, H, M, D), "W_K": (L, H, M, D), "W_V": (L, H, M, D), "W_O": (L, H, D, M),
-        "b_Q": (L, H, D), "b_K": (L, H, D), "b_V": (L, H, D), "b_O": (L, M),
-        "W_in": (L, M, F), "b_in": (L, F), "W_out": (L, F, M), "b_out": (L, M),
+        "W_E": (V, M), "W_pos": (N, M), "W_qkv": (L, M, 3 * H * D), "b_qkv": (L, 3 * H * D),
+        "W_O": (L, H, D, M), "b_O": (L, M), "W_in": (L, M, F), "b_in": (L, F), "W_out": (L, F, M), "b_out": (L, M),
         "ln1_w": (L, M), "ln1_b": (L, M), "ln2_w": (L, M), "ln2_b": (L, M), "lnf_w": (M,), "lnf_b": (M,),
         "W_U": (M, V), "b_U": (V,),
     }
 
 
+def attention_views(w: dict[str, Tensor], n_heads: int) -> dict[str, Tensor]:
+    """Add ``W_Q, W_K, W_V`` ``[n_layers, n_heads, d_model, d_head]`` and ``b_Q, b_K, b_V`` as views of ``W_qkv``/``b_qkv``."""
+    L, M, three_hd = w["W_qkv"].shape
+    D = three_hd // 3 // n_heads
+    qkv = w["W_qkv"].view(L, M, 3, n_heads, D)
+    b = w["b_qkv"].view(L, 3, n_heads, D)
+    for j, key in enumerate("QKV"):
+        w[f"W_{key}"] = qkv[:, :, j].permute(0, 2, 1, 3)
+        w[f"b_{key}"] = b[:, j]
+    return w
+
+
 def empty_weights(s: GPT2Shape, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
-    """Uninitialised stacked weights; ``W_U`` is left out when tied (it is ``W_E.T``)."""
-    return {k: torch.empty(shape, dtype=dtype, device=device) for k, shape in weight_shapes(s).items()
-            if not (k == "W_U" and s.tied)}
+    """Uninitialised stacked weights; ``W_U`` is left out (it is ``W_E.T`` or ``lm_head.weight.T``, a view)."""
+    return {k: torch.empty(shape, dtype=dtype, device=device) for k, shape in weight_shapes(s).items() if k != "W_U"}
 
 
 def checkpoint_shapes(s: GPT2Shape, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -154,11 +168,14 @@ Reader = Callable[[Tensor], None]
 
 
 def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Shape, *, dtype: torch.dtype,
-                 device: torch.device, where: str) -> dict[str, Tensor]:
+                 device: torch.device, where: str,
+                 after_layer: Optional[Callable[[dict, int], None]] = None) -> dict[str, Tensor]:
     """Fill the stacked layout from a checkpoint's tensors, refusing any missing or unexpected one.
 
     ``source`` maps each tensor name in the checkpoint to its shape and a function that writes
     the tensor into a given tensor of that shape (converting its dtype if needed).
+    ``after_layer(weights, layer)`` runs as soon as a layer is read, while its tensors are still
+    in the CPU's caches (folding LayerNorm, say).
     """
     names = [n for n in source if not _IGNORED.match(n)]
     prefix = "transformer." if any(n.startswith("transformer.") for n in names) else ""
@@ -184,18 +201,10 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
             )
 
     w = empty_weights(s, dtype, device)
-    H, M, D = s.n_heads, s.d_model, s.d_head
 
     def read(name: str, out: Tensor) -> Tensor:
         source[prefix + name if not name.startswith("lm_head") else name][1](out)
         return out
-
-    scratch: dict[tuple, Tensor] = {}
-
-    def temp(shape: tuple) -> Tensor:  # one reusable buffer per shape (c_attn's weight, say)
-        if shape not in scratch:
-            scratch[shape] = torch.empty(shape, dtype=dtype, device=device)
-        return scratch[shape]
 
     read("wte.weight", w["W_E"])
     read("wpe.weight", w["W_pos"])
@@ -203,12 +212,9 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
         h = f"h.{i}."
         read(h + "ln_1.weight", w["ln1_w"][i])
         read(h + "ln_1.bias", w["ln1_b"][i])
-        qkv = read(h + "attn.c_attn.weight", temp((M, 3 * M))).view(M, 3, H, D)
-        qkv_b = read(h + "attn.c_attn.bias", temp((3 * M,))).view(3, H, D)
-        for j, key in enumerate("QKV"):
-            w[f"W_{key}"][i].copy_(qkv[:, j].permute(1, 0, 2))
-            w[f"b_{key}"][i].copy_(qkv_b[j])
-        read(h + "attn.c_proj.weight", w["W_O"][i].view(M, M))  # [H·D, M] rows are heads' d_head blocks
+        read(h + "attn.c_attn.weight", w["W_qkv"][i])
+        read(h + "attn.c_attn.bias", w["b_qkv"][i])
+        read(h + "attn.c_proj.weight", w["W_O"][i].view(s.d_model, s.d_model))  # [H·D, M]: rows are heads' d_head blocks
         read(h + "attn.c_proj.bias", w["b_O"][i])
         read(h + "ln_2.weight", w["ln2_w"][i])
         read(h + "ln_2.bias", w["ln2_b"][i])
@@ -216,18 +222,17 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
         read(h + "mlp.c_fc.bias", w["b_in"][i])
         read(h + "mlp.c_proj.weight", w["W_out"][i])
         read(h + "mlp.c_proj.bias", w["b_out"][i])
+        if after_layer is not None:
+            after_layer(w, i)
     read("ln_f.weight", w["lnf_w"])
     read("ln_f.bias", w["lnf_b"])
-    scratch.clear()
     if s.tied:
         w["W_U"] = w["W_E"].T  # a view, as in Hugging Face's tied model
     else:
         # lm_head.weight is [d_vocab, d_model]; W_U is its transpose (kept as a view: no copy).
-        lm_head = torch.empty(s.d_vocab, M, dtype=dtype, device=device)
-        read("lm_head.weight", lm_head)
-        w["W_U"] = lm_head.T
+        w["W_U"] = read("lm_head.weight", torch.empty(s.d_vocab, s.d_model, dtype=dtype, device=device)).T
     w["b_U"].zero_()  # GPT-2's unembedding has no bias
-    return w
+    return attention_views(w, s.n_heads)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -351,5 +356,5 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else ""
 
 
-__all__ = ["GPT2Shape", "parse_config", "read_config", "read_weights", "weight_shapes", "checkpoint_shapes",
+__all__ = ["GPT2Shape", "parse_config", "read_config", "read_weights", "weight_shapes", "attention_views", "checkpoint_shapes",
            "SafetensorsFile", "safetensors_source", "tensors_source", "write_safetensors"]

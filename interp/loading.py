@@ -83,12 +83,17 @@ def load(
     dev = _device(device)
     dt = _dtype(dtype)
     source, shape, tok, name, boot = _resolve(spec, tokenizer, dt, dev, fold_ln)
-    weights = ckpt.read_weights(source, shape, dtype=dt, device=dev, where=name)
-    del source
-    if fold_ln:
-        from .folding import fold_layer_norm
+    from . import folding
+    from .threads import one_thread
 
-        fold_layer_norm(weights)
+    # Folding is a few memory-bound passes: one thread (see interp.threads). Each layer is folded
+    # as soon as it is read, while it is still in the CPU's caches.
+    with one_thread():
+        weights = ckpt.read_weights(source, shape, dtype=dt, device=dev, where=name,
+                                    after_layer=folding.fold_layer if fold_ln else None)
+        del source
+        if fold_ln:
+            folding.fold_embeddings(weights)
     cfg = ModelConfig(
         name=name, n_layers=shape.n_layers, n_heads=shape.n_heads, d_model=shape.d_model, d_head=shape.d_head,
         d_mlp=shape.d_mlp, d_vocab=shape.d_vocab, n_ctx=shape.n_ctx, eps=shape.eps, act_fn=shape.act_fn,

@@ -102,9 +102,11 @@ class HookedGPT2:
     """
 
     def __init__(self, weights: dict[str, Tensor], cfg: ModelConfig, tokenizer: Any, *, bridge: Any = None):
-        """``weights``: the stacked layout of :func:`interp.checkpoint.weight_shapes` (``W_Q`` is
-        ``[n_layers, n_heads, d_model, d_head]``, …). ``bridge``: a TransformerBridge holding the same
-        weights, or a function that builds one (called on first use of :attr:`bridge`), or None.
+        """``weights``: every weight stacked over layers, by the names of :meth:`weights` (``W_Q`` is
+        ``[n_layers, n_heads, d_model, d_head]``, …); when it also holds the fused ``W_qkv``/``b_qkv``
+        of :func:`interp.checkpoint.weight_shapes`, the forward pass uses them as they are (``W_Q``…
+        are then views of them). ``bridge``: a TransformerBridge holding the same weights, or a
+        function that builds one (called on first use of :attr:`bridge`), or None.
         """
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -133,10 +135,13 @@ class HookedGPT2:
         self.b_U: Float[Tensor, " d_vocab"] = p["b_U"]
         # One fused matmul for q, k and v (as GPT-2's own c_attn): [L, d_model, 3 * H * d_head].
         H, D, M = cfg.n_heads, cfg.d_head, cfg.d_model
-        self._W_qkv = torch.cat(
-            [w.permute(0, 2, 1, 3).reshape(cfg.n_layers, M, H * D) for w in (self.W_Q, self.W_K, self.W_V)], -1
-        ).contiguous()
-        self._b_qkv = torch.cat([b.reshape(cfg.n_layers, H * D) for b in (self.b_Q, self.b_K, self.b_V)], -1)
+        if "W_qkv" in p:  # the loader's layout: W_Q, W_K, W_V are views of it
+            self._W_qkv, self._b_qkv = p["W_qkv"], p["b_qkv"]
+        else:
+            self._W_qkv = torch.cat(
+                [w.permute(0, 2, 1, 3).reshape(cfg.n_layers, M, H * D) for w in (self.W_Q, self.W_K, self.W_V)], -1
+            ).contiguous()
+            self._b_qkv = torch.cat([b.reshape(cfg.n_layers, H * D) for b in (self.b_Q, self.b_K, self.b_V)], -1)
         self._W_O_flat = self.W_O.reshape(cfg.n_layers, H * D, M)
         self._act = _activation(cfg.act_fn)
         self.hook_names: list[str] = hk.all_names(cfg.n_layers)
@@ -165,8 +170,9 @@ class HookedGPT2:
         return self._bridge
 
     def weights(self) -> dict[str, Tensor]:
-        """Every weight, stacked over layers, by name (``W_Q``, ``b_V``, ``ln1_w``, …): the layout ``__init__`` takes."""
-        return {k: getattr(self, k) for k in TL_NAMES}
+        """Every weight, stacked over layers, by name (``W_Q``, ``b_V``, ``ln1_w``, …, and the fused ``W_qkv``,
+        ``b_qkv`` the forward pass runs): the layout ``__init__`` takes."""
+        return {**{k: getattr(self, k) for k in TL_NAMES}, "W_qkv": self._W_qkv, "b_qkv": self._b_qkv}
 
     def __repr__(self) -> str:
         c = self.cfg

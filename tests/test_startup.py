@@ -87,11 +87,12 @@ def test_startup_section_reports_ratios_to_import_torch(monkeypatch):
 
     monkeypatch.setattr(startup, "REPEATS", 3)
     monkeypatch.setattr(startup, "_wall", fake_wall)
-    monkeypatch.setattr(startup, "_load_row", lambda: "load row")
+    load_row = bench.Row("startup", "load", 1.0)
+    monkeypatch.setattr(startup, "_load_row", lambda: load_row)
     rows = startup.bench_startup(bench.Context())
     assert seen[:4] == ["import torch", "import interp", "heads", "lens"] and seen[4:8] == seen[:4]  # interleaved
     assert [round(r.value, 3) for r in rows[:3]] == [1.0, 2.0, 1.909]
-    assert [r.ok for r in rows[:3]] == [True, False, False] and rows[3] == "load row"
+    assert [r.ok for r in rows[:3]] == [True, False, False] and rows[3] is load_row
     assert rows[1].line().startswith("startup  interp heads (interp-tiny) / python -c 'import torch'")
     assert "(target ≤ 1.8)  MISSED" in rows[1].line()
 
@@ -102,5 +103,5 @@ def test_load_row_times_a_real_directory(monkeypatch):
     monkeypatch.setattr(startup, "REPEATS", 1)
     monkeypatch.setitem(testing.GPT2_FAMILY, "gpt2", dict(n_layer=2, n_head=4, n_embd=64))
     row = startup._load_row()
-    assert row.what == "load GPT-2-small-shaped dir / safetensors load_file" and row.value > 0
+    assert row.what == "load GPT-2-small-shaped dir / read its safetensors" and row.value > 0
     assert "folded" in row.detail and "raw" in row.detail
