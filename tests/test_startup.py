@@ -93,7 +93,7 @@ def test_startup_section_reports_ratios_to_import_torch(monkeypatch):
     assert seen[:4] == ["import torch", "import interp", "heads", "lens"] and seen[4:8] == seen[:4]  # interleaved
     assert [round(r.value, 3) for r in rows[:3]] == [1.0, 2.0, 1.909]
     assert [r.ok for r in rows[:3]] == [True, False, False] and rows[3] is load_row
-    assert rows[1].line().startswith("startup  interp heads (interp-tiny) / python -c 'import torch'")
+    assert rows[1].line().startswith("startup  interp heads / python -c 'import torch'")
     assert "(target ≤ 1.8)  MISSED" in rows[1].line()
 
 

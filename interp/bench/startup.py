@@ -58,11 +58,10 @@ def bench_startup(ctx: Context) -> list[Row]:
     commands = {
         "python -c 'import torch'": [py, "-c", "import torch"],
         "python -c 'import interp'": [py, "-c", "import interp"],
-        "interp heads (interp-tiny)": [py, "-m", "interp.cli", "heads"],
-        "interp lens 'some text' (interp-tiny)": [py, "-m", "interp.cli", "lens", "some text"],
+        "interp heads": [py, "-m", "interp.cli", "heads"],                 # on interp-tiny, the default model
+        "interp lens 'some text'": [py, "-m", "interp.cli", "lens", "some text"],
     }
-    targets = {"python -c 'import interp'": 1.3, "interp heads (interp-tiny)": 1.8,
-               "interp lens 'some text' (interp-tiny)": 1.8}
+    targets = {"python -c 'import interp'": 1.3, "interp heads": 1.8, "interp lens 'some text'": 1.8}
     times: dict[str, list[float]] = {k: [] for k in commands}
     with _progress(len(commands) * (REPEATS + 1), "startup") as bar:
         for k, cmd in commands.items():  # once first: the page cache, compiled bytecode

@@ -123,10 +123,9 @@ class Report:
 
     def _repr_html_(self) -> str:
         """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
-        from .notebook import frame_height, iframe
+        from .notebook import iframe
 
-        return iframe(self.html(), frame_height(len(self.heads), self.scores is not None),
-                      title=f"Attention report · {self.model_name}")
+        return iframe(self.html(), title=f"Attention report · {self.model_name}")
 
 
 # ---------------------------------------------------------------------------- building

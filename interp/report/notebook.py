@@ -14,11 +14,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
-#: The frame never gets taller than this; the report scrolls inside it.
-MAX_HEIGHT = 900
+#: The frame's height: the header and a head's heatmap; the report scrolls inside it.
+HEIGHT = 900
 
 
-def iframe(page: str, height: int = MAX_HEIGHT, title: str = "interp report") -> str:
+def iframe(page: str, height: int = HEIGHT, title: str = "interp report") -> str:
     """An HTML page as a sandboxed ``<iframe srcdoc=…>`` element, for a notebook output.
 
     >>> iframe("<p>a & b</p>", 100)[:70]
@@ -29,11 +29,6 @@ def iframe(page: str, height: int = MAX_HEIGHT, title: str = "interp report") ->
         f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd; resize: vertical; overflow: auto" '
         'loading="eager"></iframe>'
     )
-
-
-def frame_height(n_heads: int, summary: bool) -> int:
-    """A height that shows the header, the summary and the first head without scrolling the frame."""
-    return min(MAX_HEIGHT, 260 + (420 if summary else 0) + 700 * max(n_heads, 1))
 
 
 def show(model: Any, prompt: Any, head: Any = None, **kwargs: Any):
