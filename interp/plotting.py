@@ -25,9 +25,12 @@ __all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "logit_lens_figur
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "ipykernel" not in sys.modules:  # in a notebook, keep its inline backend: figures show in the page
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt

@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError
-from . import ablate, circuits, compose, heads, lens, misc, ov, report
+from . import ablate, check, circuits, compose, heads, lens, misc, ov, report
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "patch": (circuits.add_patch, circuits.run_patch),
     "path-patch": (circuits.add_path_patch, circuits.run_path_patch),
     "compose": (compose.add, compose.run),
+    "check-gpt2": (check.add, check.run),
 }
 
 

@@ -121,6 +121,12 @@ class Report:
         """The report as one self-contained HTML page (see the module docs)."""
         return render(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
+        from .notebook import iframe
+
+        return iframe(self.html(), title=f"Attention report · {self.model_name}")
+
 
 # ---------------------------------------------------------------------------- building
 def _tokens(model, prompt: Prompt) -> Tensor:
