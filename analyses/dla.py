@@ -124,7 +124,7 @@ def direct_logit_attribution(
     })
     df = df.sort_values(["prompt", "position"], kind="stable").reset_index(drop=True)
     df.attrs.update(fold_ln=model.cfg.fold_ln, model=model.cfg.name)
-    return df
+    return select.tidy(df)
 
 
 def _kind(label: str) -> tuple[str, Optional[int], Optional[int]]:

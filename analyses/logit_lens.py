@@ -309,7 +309,7 @@ def logit_lens(
     df["unembed"], df["final_ln"] = unembed, final_ln
     df = df.sort_values(["prompt", "position", "boundary", "rank"], kind="stable").reset_index(drop=True)
     df.attrs.update(unembed=unembed, final_ln=final_ln, fold_ln=model.cfg.fold_ln, model=model.cfg.name)
-    return df
+    return select.tidy(df)
 
 
 def _reduce(scores: Tensor, k: int, targets: Optional[Tensor], wu: Optional[Tensor]) -> dict[str, Tensor]:

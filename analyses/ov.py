@@ -44,21 +44,19 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Complex, Float
 from torch import Tensor
 
 from interp import select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
-from interp.threads import one_thread as _one_thread  # noqa: F401 (kept under its old name for callers)
+from interp.threads import one_thread
 
 __all__ = [
     "ov_svd",
@@ -66,8 +64,6 @@ __all__ = [
     "ov_summary",
     "ov_spectrum",
     "ov_tokens",
-    "low_rank_ov",
-    "rank_k_loss",
     "ov_view",
 ]
 
@@ -109,7 +105,7 @@ def _factored_svd(W_V: Tensor, W_O: Tensor, vectors: bool = True):
     out clean.
     """
     W_V, W_O = W_V.double(), W_O.double()
-    with _one_thread():
+    with one_thread():
         if not vectors:
             R_v = torch.linalg.qr(W_V, mode="r").R
             R_o = torch.linalg.qr(W_O.mT, mode="r").R
@@ -160,7 +156,7 @@ def full_ov_eigenvalues(
     idx = _heads_index(model, layer, head)
     G = (model.W_U @ model.W_E).double()  # d_model × d_model: the vocabulary summed out once
     M = model.W_O[idx].double() @ G @ model.W_V[idx].double()
-    with _one_thread():
+    with one_thread():
         return torch.linalg.eigvals(M)
 
 
@@ -202,7 +198,7 @@ def _copying(ev: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     return score, signed
 
 
-def _warn_unfolded(model: HookedGPT2) -> None:
+def warn_unfolded(model: HookedGPT2) -> None:
     if not model.cfg.fold_ln:
         warnings.warn(
             "circuit analyses read weights in the residual basis: load with fold_ln=True "
@@ -234,7 +230,7 @@ def ov_summary(model: HookedGPT2, n_top: int = 3) -> pd.DataFrame:
     """
     if isinstance(n_top, bool) or not isinstance(n_top, int) or not 0 <= n_top <= model.cfg.d_head:
         raise InterpError(f"n_top {n_top!r} out of range: 0–{model.cfg.d_head} (d_head)")
-    _warn_unfolded(model)
+    warn_unfolded(model)
     cfg = model.cfg
     S = _factored_svd(model.W_V, model.W_O, vectors=False)  # [L, H, d_head] float64
     ranks = _ranks(S, cfg.d_model)
@@ -248,7 +244,7 @@ def ov_summary(model: HookedGPT2, n_top: int = 3) -> pd.DataFrame:
     cols.update({"copying_score": score.flatten(), "copying_signed": signed.flatten()})
     df = pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
     df.attrs["fold_ln"] = cfg.fold_ln
-    return df
+    return select.tidy(df)
 
 
 def ov_spectrum(model: HookedGPT2, layer: Any = None, head: Any = None) -> pd.DataFrame:
@@ -270,7 +266,7 @@ def ov_spectrum(model: HookedGPT2, layer: Any = None, head: Any = None) -> pd.Da
     }
     df = pd.DataFrame({name: col.cpu()[idx].flatten().numpy() for name, col in cols.items()})
     df.attrs["fold_ln"] = cfg.fold_ln
-    return df
+    return select.tidy(df)
 
 
 def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, top: int = 8) -> pd.DataFrame:
@@ -294,7 +290,7 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
     for name, val, hi in (("n_directions", n_directions, model.cfg.d_head), ("top", top, model.cfg.d_vocab)):
         if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= hi:
             raise InterpError(f"{name} {val!r} out of range: 1–{hi}")
-    _warn_unfolded(model)
+    warn_unfolded(model)
     U, S, V = ov_svd(model, layer, head)
     U, S, V = U[:, :n_directions], S[:n_directions], V[:, :n_directions]
     reads = model.W_E @ U  # [d_vocab, n]
@@ -313,180 +309,6 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
     cols = ["direction", "sigma", "end", "rank", "read_token", "read_score", "read_id",
             "write_token", "write_score", "write_id"]
     return pd.DataFrame(rows, columns=cols)
-
-
-# ---------------------------------------------------------------------------- rank-k replacement
-def _effective_ov(model: HookedGPT2, layer: int) -> tuple[
-    Float[Tensor, "n_heads d_model d_head"], Float[Tensor, "n_heads d_head"], Float[Tensor, "n_heads d_head d_model"]
-]:
-    """A layer's OV circuit as it acts on the *normalised* residual stream, the same in both weight modes.
-
-    ``(W_V', b_V', W_O')`` with ``W_V' = C diag(γ) W_V`` and ``b_V' = b_V + β W_V`` (ln1's gain γ and bias
-    β taken in, as folding does; ``C`` centres over d_model, a direction the normalised stream never
-    has) and ``W_O' = W_O C`` (the next LayerNorm removes that mean anyway). Folded models already
-    hold exactly these; for raw ones they are computed here, so a rank-k cut means the same thing
-    whatever ``fold_ln`` is.
-    """
-    W_V = model.ln1_w[layer][None, :, None] * model.W_V[layer]
-    W_V = W_V - W_V.mean(-2, keepdim=True)
-    b_V = model.b_V[layer] + torch.einsum("m,hmd->hd", model.ln1_b[layer], model.W_V[layer])
-    W_O = model.W_O[layer] - model.W_O[layer].mean(-1, keepdim=True)
-    return W_V, b_V, W_O
-
-
-@contextlib.contextmanager
-def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
-    """Run the model with the given heads' ``W_OV`` replaced by its rank-k approximation (scoped).
-
-    Since ``U_k S_k V_kᵀ = W_OV V_k V_kᵀ``, the hook (on ``hook_result``) projects each head's output,
-    minus its value-bias part, onto the top-k right singular directions. The value bias ``b_V`` is not
-    part of the linear map ``W_OV``: its contribution ``b_V W_O`` is the same at every position (each
-    row of the attention pattern sums to 1) and is kept as it is. So ``k = 0`` leaves a head that
-    writes only that constant, and ``k ≥ rank(W_OV)`` changes nothing. The hooks are removed on
-    exit, error or not.
-
-    The same in both weight modes: ``W_OV`` is the circuit as it acts on the normalised residual
-    stream (:func:`_effective_ov`: ln1's gain and bias taken into ``W_V`` and ``b_V``, ``W_O``
-    centred), i.e. the folded model's; in a raw model the head output's mean over d_model, which
-    the next LayerNorm removes, is left as it is. So losses under a cut are equal with
-    ``fold_ln=True`` and ``False`` (a test checks both against Hugging Face with hooks).
-
-    Args:
-        heads: ``(layer, head)`` or a list of them.
-        k: the rank kept, 0–d_head (the same for every head given).
-
-    >>> import torch
-    >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
-    >>> model = planted_model()
-    >>> tokens = repeated_tokens(model, n_prompts=1, half=8)
-    >>> with low_rank_ov(model, (1, 0), k=32):          # the induction head's full rank: no change
-    ...     same = model(tokens)
-    >>> bool(torch.allclose(same, model(tokens), atol=1e-4)), model.has_hooks
-    (True, False)
-    """
-    heads, k = select.heads(model, heads, sort=False), _check_rank(model, k)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    hooks = []
-    for layer, hs in sorted(by_layer.items()):
-        W_V, b_V, W_O = _effective_ov(model, layer)
-        V_k = _factored_svd(W_V[hs], W_O[hs])[2][..., :k].to(model.cfg.dtype)  # [n, d_model, k]
-        bias = torch.einsum("nd,ndm->nm", b_V[hs], model.W_O[layer, hs])  # as the head writes it in this mode
-        hooks.append((("result", layer), _projector(torch.tensor(hs, device=V_k.device), V_k, bias)))
-    with model.hooks(hooks):
-        yield model
-
-
-def _projector(idx: Tensor, V_k: Tensor, bias: Tensor):
-    def hook(result: Tensor, name: str) -> Tensor:
-        out = result.clone()
-        x = result[:, :, idx] - bias  # [batch, pos, n, d_model]
-        x = x - x.mean(-1, keepdim=True)  # V_k is centred; a raw head's mean stays as it is
-        coef = torch.einsum("bpnm,nmk->bpnk", x, V_k)
-        out[:, :, idx] = result[:, :, idx] - x + torch.einsum("bpnk,nmk->bpnm", coef, V_k)
-        return out
-
-    return hook
-
-
-#: Rows of logits turned into a loss at once (1024 × 50257 float32 ≈ 200 MB).
-_LOSS_CHUNK = 1024
-#: Prompts run together are chosen so that their logits stay under this many bytes.
-_LOGITS_BUDGET = 256 * 2**20
-
-
-def _loss_sum(logits: Tensor, tokens: Tensor, mask: Tensor) -> float:
-    """Summed next-token cross-entropy over real tokens, a prompt and a chunk at a time (no copy of the logits)."""
-    keep = mask[:, 1:] & mask[:, :-1]
-    total, P = 0.0, logits.shape[1] - 1
-    for b in range(logits.shape[0]):
-        for i in range(0, P, _LOSS_CHUNK):
-            j = min(i + _LOSS_CHUNK, P)
-            ce = F.cross_entropy(logits[b, i:j], tokens[b, i + 1 : j + 1], reduction="none")
-            total += float((ce * keep[b, i:j]).sum())
-    return total
-
-
-def default_ranks(d_head: int) -> list[int]:
-    """0, 1, 2, 4, … up to d_head (always included)."""
-    return sorted({0, d_head, *(2**i for i in range(int(math.log2(d_head)) + 1))})
-
-
-def rank_k_loss(
-    model: HookedGPT2,
-    inputs: Any,
-    heads: Any = None,
-    ks: Optional[Sequence[int]] = None,
-    *,
-    progress: Optional[bool] = None,
-) -> pd.DataFrame:
-    """How many dimensions does a head really use? Loss with its ``W_OV`` cut to rank k, per head and k.
-
-    Each (head, k) is one run with :func:`low_rank_ov` on that head alone, resumed from the clean
-    residual stream entering the head's layer (earlier layers are not recomputed). Prompts run in
-    groups whose logits fit in 256 MB, so long texts on GPT-2 never hold all their logits at once.
-
-    Args:
-        inputs: text to score — a prompt, a list of prompts, token ids or a Batch (≥ 2 tokens).
-        heads: ``(layer, head)`` pairs; all heads by default.
-        ks: ranks to try (0–d_head); default 0, 1, 2, 4, …, d_head.
-        progress: tqdm bar on stderr (None: only on a terminal).
-
-    Returns:
-        ``layer, head, k, loss, clean_loss, delta`` with ``loss`` the mean next-token cross-entropy
-        over real tokens and ``delta = loss - clean_loss``; ``delta`` is ~0 once ``k`` reaches the
-        rank the head uses on this text.
-
-    >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
-    >>> model = planted_model()
-    >>> tokens = repeated_tokens(model, n_prompts=4, half=12)
-    >>> df = rank_k_loss(model, tokens, heads=[(1, 0)], ks=[0, 32])
-    >>> df[["k", "loss", "clean_loss"]].round(2).to_dict("records")   # k = 0: log 32, it knows nothing
-    [{'k': 0, 'loss': 3.47, 'clean_loss': 2.49}, {'k': 32, 'loss': 2.49, 'clean_loss': 2.49}]
-    """
-    from tqdm.auto import tqdm
-
-    from interp.tokens import Batch
-
-    cfg = model.cfg
-    heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else heads
-    heads = select.heads(model, heads, sort=False)
-    ks = default_ranks(cfg.d_head) if ks is None else [_check_rank(model, k) for k in ks]
-    if not ks:
-        raise InterpError("no ranks given: pass ks=[...] with values 0–d_head, or None for the default")
-    batch = model.to_batch(inputs)
-    n_tokens = int((batch.attention_mask[:, 1:] & batch.attention_mask[:, :-1]).sum())
-    if n_tokens == 0:
-        raise InterpError("the text has fewer than 2 tokens: nothing to predict")
-    runs = [(layer, head, k) for layer, head in heads for k in ks]
-    layers = sorted({layer for layer, _ in heads if layer > 0})
-    per_prompt = batch.tokens.shape[1] * cfg.d_vocab * torch.finfo(cfg.dtype).bits // 8
-    size = max(1, _LOGITS_BUDGET // per_prompt)
-    groups = [Batch(batch.tokens[i : i + size], batch.attention_mask[i : i + size]) for i in range(0, len(batch), size)]
-    clean, sums = 0.0, [0.0] * len(runs)
-    bar = tqdm(total=len(groups) * len(runs), desc="rank-k OV", disable=None if progress is None else not progress)
-    try:
-        with torch.inference_mode():
-            for group in groups:
-                toks, mask = group.tokens, group.attention_mask
-                logits, cache = model.run(group, names=[("resid_pre", layer) for layer in layers])
-                clean += _loss_sum(logits, toks, mask)
-                del logits
-                for i, (layer, head, k) in enumerate(runs):
-                    # from layer 0 the run starts from the tokens (forward embeds them itself)
-                    start = toks if layer == 0 else cache["resid_pre", layer]
-                    with low_rank_ov(model, (layer, head), k):
-                        out = model.forward(start, attention_mask=mask, start_at_layer=layer)
-                    sums[i] += _loss_sum(out, toks, mask)
-                    bar.update()
-    finally:
-        bar.close()
-    clean /= n_tokens
-    rows = [(layer, head, k, s / n_tokens, clean, s / n_tokens - clean) for (layer, head, k), s in zip(runs, sums)]
-    return pd.DataFrame(rows, columns=["layer", "head", "k", "loss", "clean_loss", "delta"])
 
 
 # ---------------------------------------------------------------------------- one view for the command line
@@ -510,6 +332,8 @@ def ov_view(
     else the layer's rows, else the summary.
     """
     from interp.probes import repeated_tokens
+
+    from .ov_rank import rank_k_loss
 
     if head is not None and layer is None:
         raise InterpError("a head needs its layer")

@@ -15,20 +15,31 @@ from .errors import InterpError
 TABLE_FORMATS = ("csv", "json")
 
 
+def check_target(path: os.PathLike | str, name: Optional[str] = None) -> Path:
+    """``path`` as a Path if a file can be written there, else an :class:`InterpError` naming it.
+
+    ``name`` (e.g. ``"--out"``) leads the message: ``--out x.csv: directory x does not exist``.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    lead = f"{name} {path}" if name else f"cannot write {path}"
+    if path.is_dir():
+        raise InterpError(f"{lead}: it is a directory; give a file name")
+    if not parent.is_dir():
+        raise InterpError(f"{lead}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InterpError(f"{lead}: directory {parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     On any error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
+    path = check_target(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InterpError(f"cannot write {path}: directory {parent} does not exist")
-    if path.is_dir():
-        raise InterpError(f"cannot write {path}: it is a directory")
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write {path}: directory {parent} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
     os.close(fd)
     try:

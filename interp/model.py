@@ -1,11 +1,12 @@
-"""The hooked GPT-2: a readable forward pass over weights taken from a TransformerBridge.
+"""The hooked GPT-2: a readable forward pass over weights in TransformerLens's layout.
 
-TransformerLens 4's ``TransformerBridge`` loads the model, processes its weights
-(LayerNorm folding, centring) and owns the tokenizer. Its own forward pass wraps
-Hugging Face's modules and fires ~500 hook points; analyses that run the model
-hundreds of times want something leaner, so this module runs GPT-2 itself, from
-the bridge's weights in TransformerLens layout, firing a hook only where one is
-attached. The bridge stays available as ``model.bridge`` for anything else.
+:func:`interp.load` reads a GPT-2 checkpoint itself (:mod:`interp.checkpoint`) and folds
+LayerNorm with :mod:`interp.folding`, which equals TransformerLens 4's processing. The
+``TransformerBridge``'s own forward pass wraps Hugging Face's modules and fires ~500 hook
+points; analyses that run the model hundreds of times want something leaner, so this
+module runs GPT-2 itself, firing a hook only where one is attached. The bridge, the
+reference implementation, stays available as ``model.bridge``: built on first use, with
+the same weights (checked), for TransformerLens's own tools and parity tests.
 
 Hooks use TransformerLens's names (see :mod:`interp.hooks`). A hook function is
 called as ``fn(activation, name)`` and may return a replacement tensor.
@@ -22,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from . import hooks as hk
 from .cache import Cache
@@ -33,6 +33,16 @@ from .tokens import Batch, Prompts, from_tokens, tokenize
 # runtime checker: to_batch() checks user input itself, with messages that name the culprit.
 Inputs = Any
 HookList = Sequence[tuple]  # [(name or (short, layer), fn), ...]
+
+
+def __getattr__(name: str):
+    # TransformerLens takes seconds to import: FactoredMatrix (the type of model.qk() and friends)
+    # is imported the first time a circuit is asked for, not when the model module is.
+    if name == "FactoredMatrix":
+        from transformer_lens.FactoredMatrix import FactoredMatrix
+
+        return FactoredMatrix
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -91,46 +101,78 @@ class HookedGPT2:
     torch hooks).
     """
 
-    def __init__(self, bridge, cfg: ModelConfig):
-        self.bridge = bridge
-        self.tokenizer = bridge.tokenizer
+    def __init__(self, weights: dict[str, Tensor], cfg: ModelConfig, tokenizer: Any, *, bridge: Any = None):
+        """``weights``: every weight stacked over layers, by the names of :meth:`weights` (``W_Q`` is
+        ``[n_layers, n_heads, d_model, d_head]``, …); when it also holds the fused ``W_qkv``/``b_qkv``
+        of :func:`interp.checkpoint.weight_shapes`, the forward pass uses them as they are (``W_Q``…
+        are then views of them). ``bridge``: a TransformerBridge holding the same weights, or a
+        function that builds one (called on first use of :attr:`bridge`), or None.
+        """
+        self.tokenizer = tokenizer
         self.cfg = cfg
+        self._bridge = bridge
         self._hooks: dict[str, list] = {}
         self._derived: dict[str, Any] = {}
-        p = {k: v.detach() for k, v in bridge.tl_parameters().items()}
-        L = range(cfg.n_layers)
-
-        def stack(key: str) -> Tensor:
-            return torch.stack([p[f"blocks.{i}.{key}"] for i in L]).contiguous()
-
-        self.W_E: Float[Tensor, "d_vocab d_model"] = p["embed.W_E"]
-        self.W_pos: Float[Tensor, "n_ctx d_model"] = p["pos_embed.W_pos"]
-        self.W_Q: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_Q")
-        self.W_K: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_K")
-        self.W_V: Float[Tensor, "n_layers n_heads d_model d_head"] = stack("attn.W_V")
-        self.W_O: Float[Tensor, "n_layers n_heads d_head d_model"] = stack("attn.W_O")
-        self.b_Q: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_Q")
-        self.b_K: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_K")
-        self.b_V: Float[Tensor, "n_layers n_heads d_head"] = stack("attn.b_V")
-        self.b_O: Float[Tensor, "n_layers d_model"] = stack("attn.b_O")
-        self.W_in: Float[Tensor, "n_layers d_model d_mlp"] = stack("mlp.W_in")
-        self.b_in: Float[Tensor, "n_layers d_mlp"] = stack("mlp.b_in")
-        self.W_out: Float[Tensor, "n_layers d_mlp d_model"] = stack("mlp.W_out")
-        self.b_out: Float[Tensor, "n_layers d_model"] = stack("mlp.b_out")
-        self.ln1_w, self.ln1_b = stack("ln1.w"), stack("ln1.b")
-        self.ln2_w, self.ln2_b = stack("ln2.w"), stack("ln2.b")
-        self.lnf_w, self.lnf_b = p["ln_final.w"], p["ln_final.b"]
-        self.W_U: Float[Tensor, "d_model d_vocab"] = p["unembed.W_U"]
-        self.b_U: Float[Tensor, " d_vocab"] = p["unembed.b_U"]
+        p = weights
+        self.W_E: Float[Tensor, "d_vocab d_model"] = p["W_E"]
+        self.W_pos: Float[Tensor, "n_ctx d_model"] = p["W_pos"]
+        self.W_Q: Float[Tensor, "n_layers n_heads d_model d_head"] = p["W_Q"]
+        self.W_K: Float[Tensor, "n_layers n_heads d_model d_head"] = p["W_K"]
+        self.W_V: Float[Tensor, "n_layers n_heads d_model d_head"] = p["W_V"]
+        self.W_O: Float[Tensor, "n_layers n_heads d_head d_model"] = p["W_O"]
+        self.b_Q: Float[Tensor, "n_layers n_heads d_head"] = p["b_Q"]
+        self.b_K: Float[Tensor, "n_layers n_heads d_head"] = p["b_K"]
+        self.b_V: Float[Tensor, "n_layers n_heads d_head"] = p["b_V"]
+        self.b_O: Float[Tensor, "n_layers d_model"] = p["b_O"]
+        self.W_in: Float[Tensor, "n_layers d_model d_mlp"] = p["W_in"]
+        self.b_in: Float[Tensor, "n_layers d_mlp"] = p["b_in"]
+        self.W_out: Float[Tensor, "n_layers d_mlp d_model"] = p["W_out"]
+        self.b_out: Float[Tensor, "n_layers d_model"] = p["b_out"]
+        self.ln1_w, self.ln1_b = p["ln1_w"], p["ln1_b"]
+        self.ln2_w, self.ln2_b = p["ln2_w"], p["ln2_b"]
+        self.lnf_w, self.lnf_b = p["lnf_w"], p["lnf_b"]
+        self.W_U: Float[Tensor, "d_model d_vocab"] = p["W_U"]
+        self.b_U: Float[Tensor, " d_vocab"] = p["b_U"]
         # One fused matmul for q, k and v (as GPT-2's own c_attn): [L, d_model, 3 * H * d_head].
         H, D, M = cfg.n_heads, cfg.d_head, cfg.d_model
-        self._W_qkv = torch.cat(
-            [w.permute(0, 2, 1, 3).reshape(cfg.n_layers, M, H * D) for w in (self.W_Q, self.W_K, self.W_V)], -1
-        ).contiguous()
-        self._b_qkv = torch.cat([b.reshape(cfg.n_layers, H * D) for b in (self.b_Q, self.b_K, self.b_V)], -1)
+        if "W_qkv" in p:  # the loader's layout: W_Q, W_K, W_V are views of it
+            self._W_qkv, self._b_qkv = p["W_qkv"], p["b_qkv"]
+        else:
+            self._W_qkv = torch.cat(
+                [w.permute(0, 2, 1, 3).reshape(cfg.n_layers, M, H * D) for w in (self.W_Q, self.W_K, self.W_V)], -1
+            ).contiguous()
+            self._b_qkv = torch.cat([b.reshape(cfg.n_layers, H * D) for b in (self.b_Q, self.b_K, self.b_V)], -1)
         self._W_O_flat = self.W_O.reshape(cfg.n_layers, H * D, M)
         self._act = _activation(cfg.act_fn)
         self.hook_names: list[str] = hk.all_names(cfg.n_layers)
+
+    @classmethod
+    def from_bridge(cls, bridge, cfg: ModelConfig) -> "HookedGPT2":
+        """Take the weights (and tokenizer) of a TransformerBridge, which stays ``model.bridge``."""
+        p = {k: v.detach() for k, v in bridge.tl_parameters().items()}
+        return cls({ours: _stack(p, theirs, cfg.n_layers) for ours, theirs in TL_NAMES.items()}, cfg,
+                   bridge.tokenizer, bridge=bridge)
+
+    @property
+    def bridge(self):
+        """TransformerLens's ``TransformerBridge`` over the same weights (the reference implementation).
+
+        Built on first use (TransformerLens takes seconds to import and boot): from the same
+        checkpoint, with ``enable_compatibility_mode(fold_value_biases=False)`` when folded; its
+        weights are checked against this model's before it is returned.
+        """
+        if self._bridge is None:
+            raise InterpError("this model has no TransformerBridge (it was built from weights alone)")
+        if callable(self._bridge) and not hasattr(self._bridge, "tl_parameters"):
+            bridge = self._bridge()
+            check_same_weights(self, bridge)
+            self._bridge = bridge
+        return self._bridge
+
+    def weights(self) -> dict[str, Tensor]:
+        """Every weight, stacked over layers, by name (``W_Q``, ``b_V``, ``ln1_w``, …, and the fused ``W_qkv``,
+        ``b_qkv`` the forward pass runs): the layout ``__init__`` takes."""
+        return {**{k: getattr(self, k) for k in TL_NAMES}, "W_qkv": self._W_qkv, "b_qkv": self._b_qkv}
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -426,6 +468,8 @@ class HookedGPT2:
     # ------------------------------------------------------------------ circuits
     def qk(self, layer: int, head: int) -> FactoredMatrix:
         """The head's QK circuit ``W_Q W_Kᵀ`` ``[d_model, d_model]``, factored through d_head."""
+        from transformer_lens.FactoredMatrix import FactoredMatrix
+
         self.check_head(layer, head)
         return FactoredMatrix(self.W_Q[layer, head], self.W_K[layer, head].T)
 
@@ -434,18 +478,66 @@ class HookedGPT2:
 
         Row vectors convention (as TransformerLens): a residual vector ``x`` is written as ``x @ W_OV``.
         """
+        from transformer_lens.FactoredMatrix import FactoredMatrix
+
         self.check_head(layer, head)
         return FactoredMatrix(self.W_V[layer, head], self.W_O[layer, head])
 
     def full_qk(self, layer: int, head: int) -> FactoredMatrix:
         """``W_E · W_QK · W_Eᵀ`` ``[d_vocab, d_vocab]``: query token × key token, never materialised."""
+        from transformer_lens.FactoredMatrix import FactoredMatrix
+
         self.check_head(layer, head)
         return FactoredMatrix(self.W_E @ self.W_Q[layer, head], self.W_K[layer, head].T @ self.W_E.T)
 
     def full_ov(self, layer: int, head: int) -> FactoredMatrix:
         """``W_E · W_OV · W_U`` ``[d_vocab, d_vocab]``: token attended to × logit written, never materialised."""
+        from transformer_lens.FactoredMatrix import FactoredMatrix
+
         self.check_head(layer, head)
         return FactoredMatrix(self.W_E @ self.W_V[layer, head], self.W_O[layer, head] @ self.W_U)
+
+
+#: Our stacked weight names -> TransformerLens's per-layer (``blocks.{L}.``) or global parameter names.
+TL_NAMES = {
+    "W_E": "embed.W_E", "W_pos": "pos_embed.W_pos",
+    **{f"{w}_{x}": f"attn.{w}_{x}" for w in "Wb" for x in "QKVO"},
+    "W_in": "mlp.W_in", "b_in": "mlp.b_in", "W_out": "mlp.W_out", "b_out": "mlp.b_out",
+    "ln1_w": "ln1.w", "ln1_b": "ln1.b", "ln2_w": "ln2.w", "ln2_b": "ln2.b",
+    "lnf_w": "ln_final.w", "lnf_b": "ln_final.b", "W_U": "unembed.W_U", "b_U": "unembed.b_U",
+}
+
+
+def _stack(p: dict, name: str, n_layers: int) -> Tensor:
+    if name in p:
+        return p[name]
+    return torch.stack([p[f"blocks.{i}.{name}"] for i in range(n_layers)]).contiguous()
+
+
+def check_same_weights(model: "HookedGPT2", bridge, atol: Optional[float] = None) -> float:
+    """Largest difference between the model's weights and a bridge's; an error above ``atol``.
+
+    ``atol`` defaults to 1e-5 (relative to each weight's scale) in float32 and float64 — the
+    bridge folds in float32, interp in float64 — and to two units of the last place below float32.
+    """
+    theirs = {k: v.detach() for k, v in bridge.tl_parameters().items()}
+    eps = torch.finfo(model.cfg.dtype).eps
+    if atol is None:
+        atol = 1e-5 if eps <= torch.finfo(torch.float32).eps else 2 * eps
+    worst = 0.0
+    for ours, name in TL_NAMES.items():
+        a, b = getattr(model, ours), _stack(theirs, name, model.cfg.n_layers).to(model.cfg.dtype)
+        if a.shape != b.shape:
+            raise InterpError(f"model.bridge's {name} has shape {tuple(b.shape)}, the model's {ours} {tuple(a.shape)}")
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        scale = max(1.0, float(b.abs().max()) if b.numel() else 0.0)
+        if not diff <= atol * scale:
+            raise InterpError(
+                f"model.bridge does not hold the model's weights: {ours} differs by {diff:.3g} "
+                "(was the model object changed after interp.load?)"
+            )
+        worst = max(worst, diff / scale)
+    return worst
 
 
 class _Stopped(Exception):

@@ -43,15 +43,19 @@ __all__ = ["path_patch", "path_patch_scan", "receivers_of", "INPUTS"]
 #: A receiver head's inputs that a path can end in.
 INPUTS = ("q", "k", "v")
 Receiver = tuple[int, int, str]
-_RECEIVER = re.compile(r"\s*L?(\d+)\s*[.:H]\s*(\d+)\s*[.:]\s*([qkv])\s*", re.IGNORECASE)
+_RECEIVER = re.compile(r"\s*L?(\d+)\s*[.:H]\s*(\d+|\*)\s*[.:]\s*([qkv])\s*", re.IGNORECASE)
 
 
 def receivers_of(model: HookedGPT2, spec: Any) -> Any:
     """``"logits"``, or checked ``(layer, head, input)`` triples from ``"1.0.k,1.0.q"`` / ``[(1, 0, "k")]``.
 
+    ``"1.*.k"`` is every head of layer 1, keys.
+
     >>> from interp.testing import planted_model
     >>> receivers_of(planted_model(), "1.0.k, 1.1.q")
     [(1, 0, 'k'), (1, 1, 'q')]
+    >>> len(receivers_of(planted_model(), "1.*.v"))
+    4
     """
     if isinstance(spec, str) and spec.strip() == "logits":
         return "logits"
@@ -59,13 +63,18 @@ def receivers_of(model: HookedGPT2, spec: Any) -> Any:
     if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], str):
         items = [spec]
     out: list[Receiver] = []
+    expanded: list = []
     for item in items:
         if isinstance(item, str):
             m = _RECEIVER.fullmatch(item)
             if not m:
                 raise InterpError(f"cannot read receiver {item.strip()!r}: write layer.head.input, e.g. '1.0.k' "
-                                  "(input q, k or v), or 'logits'")
-            item = (int(m.group(1)), int(m.group(2)), m.group(3).lower())
+                                  "or '1.*.k' (input q, k or v), or 'logits'")
+            heads = range(model.cfg.n_heads) if m.group(2) == "*" else [int(m.group(2))]
+            expanded += [(int(m.group(1)), h, m.group(3).lower()) for h in heads]
+        else:
+            expanded.append(item)
+    for item in expanded:
         if not (isinstance(item, (tuple, list)) and len(item) == 3) or item[2] not in INPUTS:
             raise InterpError(f"a receiver is (layer, head, 'q'|'k'|'v') or 'layer.head.input', not {item!r}")
         layer, head = select.heads(model, [tuple(item[:2])])[0]
@@ -300,4 +309,4 @@ def path_patch_scan(
     })
     df.attrs.update(metric=metric.name, clean=clean_v, corrupted=corrupt_v, model=model.cfg.name,
                     fold_ln=model.cfg.fold_ln)
-    return df
+    return select.tidy(df)

@@ -21,13 +21,16 @@ from .export import new_file_mode, save_figure
 from .report.html import show_token
 
 __all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "logit_lens_figure", "spectra_figure", "save_spectra_figure", "pattern_figure",
-           "lines_figure", "write_figures", "label_color"]
+           "lines_figure", "write_figures", "stage_figures", "label_color"]
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "ipykernel" not in sys.modules:  # in a notebook, keep its inline backend: figures show in the page
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
@@ -296,7 +299,36 @@ def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = Non
     figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
     of old and new figures). Returns the paths written.
     """
-    import shutil
+    staged = stage_figures(r, directory, fmt, progress)
+    try:
+        return staged.commit()
+    finally:
+        staged.discard()
+
+
+class StagedFigures:
+    """A report's figures drawn into a temporary directory, waiting to be moved into place."""
+
+    def __init__(self, staging: Path, directory: Path, names: list[str]):
+        self.staging, self.directory, self.names = staging, directory, names
+
+    def commit(self) -> list[Path]:
+        """Move every figure into place (each a rename on the same file system)."""
+        mode = new_file_mode()
+        for name in self.names:
+            os.chmod(self.staging / name, mode)
+        for name in self.names:
+            os.replace(self.staging / name, self.directory / name)
+        return [self.directory / name for name in self.names]
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def stage_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> StagedFigures:
+    """Draw a report's figures into a temporary directory beside ``directory`` (see :func:`write_figures`)."""
     import tempfile
 
     from tqdm.auto import tqdm
@@ -304,27 +336,24 @@ def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = Non
     if fmt not in ("png", "svg", "pdf"):
         raise InterpError(f"unknown image format {fmt!r}: use png, svg or pdf")
     directory = _image_dir(directory)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staged = StagedFigures(Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent)), directory, [])
     try:
-        names = []
         for i in tqdm(range(len(r.heads)), desc=f"report {fmt}", disable=None if progress is None else not progress,
                       leave=False):
             layer, head = r.heads[i]
-            save_figure(pattern_figure(r, i), staging / f"L{layer}H{head}.pattern.{fmt}", dpi=150)
-            save_figure(lines_figure(r, i), staging / f"L{layer}H{head}.lines.{fmt}", dpi=120)
-            names += [f"L{layer}H{head}.pattern.{fmt}", f"L{layer}H{head}.lines.{fmt}"]
+            for kind, draw, dpi in (("pattern", pattern_figure, 150), ("lines", lines_figure, 120)):
+                name = f"L{layer}H{head}.{kind}.{fmt}"
+                save_figure(draw(r, i), staged.staging / name, dpi=dpi)
+                staged.names.append(name)
         if r.scores is not None:
             # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
-            heads_heatmap(r.scores, list(r.kinds), staging / f"summary.{fmt}", title="head scores",
+            heads_heatmap(r.scores, list(r.kinds), staged.staging / f"summary.{fmt}", title="head scores",
                           n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
-            names.append(f"summary.{fmt}")
-        mode = new_file_mode()
-        for name in names:
-            os.chmod(staging / name, mode)
-            os.replace(staging / name, directory / name)
-        return [directory / name for name in names]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            staged.names.append(f"summary.{fmt}")
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
 
 def _image_dir(directory) -> Path:

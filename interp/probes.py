@@ -92,6 +92,70 @@ def repeated_tokens(
     return torch.cat([bos, r, r], 1).to(model.cfg.device)
 
 
+def repeated_words(model: HookedGPT2, n_prompts: Any = DEFAULT_N_PROMPTS, half: Any = None, *, seed: Any = 0) -> list[str]:
+    """:func:`repeated_tokens` as text that tokenizes back to exactly those tokens (after BOS).
+
+    Random tokens rarely survive decode → encode (neighbours merge into other tokens), so tools
+    that take strings only (TransformerLens's ``detect_head``, prompt files) would see other
+    tokens. These prompts use only whole-word tokens (a leading space, then letters) that are
+    themselves when encoded alone; every prompt is checked to round-trip.
+
+    >>> from interp.testing import random_gpt2_hf
+    >>> import interp
+    >>> m = interp.load(random_gpt2_hf()[0], tokenizer=random_gpt2_hf()[1])
+    >>> text = repeated_words(m, 2, 5)
+    >>> [len(m.tokenize(t).tokens[0]) for t in text]    # BOS + 5 + 5
+    [11, 11]
+    """
+    n_prompts = _positive_int(n_prompts, "n_prompts")
+    half = min(DEFAULT_HALF, (model.cfg.n_ctx - 1) // 2) if half is None else _positive_int(half, "half")
+    tok = model.tokenizer
+    words = [i for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+             if t.startswith("Ġ") and t[1:].isalpha() and i < model.cfg.d_vocab
+             and tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i]]
+    if len(words) < half:
+        raise InterpError(f"the tokenizer has {len(words)} whole-word tokens; {half} distinct ones are needed")
+    g = torch.Generator().manual_seed(seed)
+    prompts = []
+    for _ in range(n_prompts):
+        r = [words[j] for j in torch.randperm(len(words), generator=g)[:half].tolist()]
+        text = tok.decode(r + r)
+        if tok(text, add_special_tokens=False)["input_ids"] != r + r:  # a guarantee, not a hope
+            raise InterpError("whole-word tokens did not round-trip through this tokenizer; use repeated_tokens")
+        prompts.append(text)
+    return prompts
+
+
+def induction_pair(
+    model: HookedGPT2, n_prompts: Any = 8, half: Any = None, *, seed: Any = 0
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Clean and corrupted prompts for the induction circuit, paired, for patching.
+
+    Clean: ``[BOS] r r[:-1]`` (:func:`repeated_tokens`, then the repeat up to its last token): the
+    model should predict ``r``'s last token by induction. Corrupted: the same with the *first* copy
+    of the query token (``r[-2]``) replaced by a token that occurs nowhere in the prompt, so the
+    induction head finds no earlier copy to look after. Only that one token differs.
+
+    >>> from interp.testing import planted_model
+    >>> clean, corrupted = induction_pair(planted_model(), 2, 5)
+    >>> tuple(clean.shape), (clean != corrupted).sum(-1).tolist(), int((clean != corrupted).nonzero()[0, 1])
+    ((2, 10), [1, 1], 4)
+    """
+    half = min(DEFAULT_HALF, (model.cfg.n_ctx - 1) // 2) if half is None else _positive_int(half, "half")
+    if half < 2:
+        raise InterpError(f"half {half} too short: the query token needs an earlier copy and a successor (half >= 2)")
+    clean = repeated_tokens(model, n_prompts, half, seed=seed)[:, : 2 * half]
+    corrupted = clean.clone()
+    vocab = vocabulary(model).to(clean.device)
+    g = torch.Generator().manual_seed(seed + 1)
+    for i in range(len(clean)):
+        unused = vocab[~torch.isin(vocab, clean[i])]
+        if len(unused) == 0:
+            raise InterpError("the vocabulary has no token left that the prompt does not use: give a shorter half")
+        corrupted[i, half - 1] = unused[torch.randint(0, len(unused), (1,), generator=g)]
+    return clean, corrupted
+
+
 def text_windows(
     model: HookedGPT2, text: Any, window: Any = None, *, max_windows: Any = None, prepend_bos: bool = True
 ) -> Batch:
@@ -233,4 +297,4 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-__all__ = ["vocabulary", "repeated_tokens", "text_windows", "read_prompts", "sequences", "rows"]
+__all__ = ["vocabulary", "repeated_tokens", "repeated_words", "induction_pair", "text_windows", "read_prompts", "sequences", "rows"]

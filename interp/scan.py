@@ -160,7 +160,7 @@ def scan(
             "clean": clean, "ablated": value, "delta": value - clean,
         })
     df = pd.DataFrame(rows, columns=["variant", "layer", "head", "n_heads", "method", "metric", "clean", "ablated", "delta"])
-    return df.astype({"layer": "Int64", "head": "Int64"})
+    return select.tidy(df)
 
 
 def _scan_naive(model, batch: Batch, metric: Metric, ablator: Ablator, runs: list, bar) -> tuple[float, list[float]]:

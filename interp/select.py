@@ -344,3 +344,19 @@ def counts(text: str, what: str) -> list[int]:
     if not out:
         raise InterpError(f"no {what} given")
     return out
+
+
+#: Columns that name a layer, a head or a position in every table interp returns.
+INDEX_COLUMNS = ("layer", "head", "position", "sender_layer", "sender_head", "receiver_layer", "receiver_head")
+
+
+def tidy(df):
+    """The table with its layer/head/position columns as integers: ``int64``, or ``Int64`` where some row has none.
+
+    Every analysis returns its tables through this, so they join and compare without casts. A column
+    is nullable (pandas ``Int64``, ``<NA>`` for "no head") only in tables with layer-wide rows (scans
+    by layer, patching by layer, attribution of embeddings): a plain ``int64`` column keeps a row's
+    other values plain floats (with ``Int64`` in the row, ``df.loc[i]`` turns NaN into ``<NA>``).
+    """
+    present = {c: ("Int64" if df[c].isna().any() else "int64") for c in INDEX_COLUMNS if c in df.columns}
+    return df.astype(present) if present else df

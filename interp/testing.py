@@ -5,6 +5,9 @@
 * :func:`planted_model` — a 2-layer GPT-2 whose weights are set by hand so that
   chosen heads provably are a previous-token, self, duplicate-token, BOS and
   (with the previous-token head) induction head: ground truth for detectors.
+* :func:`write_random_gpt2_dir` — a local Hugging Face directory of any GPT-2 shape, e.g.
+  each of :data:`GPT2_FAMILY`, with random weights written tensor by tensor (GPT-2 XL's
+  6 GB never sit in memory), without ``transformers``.
 
 The planted recipe
 ------------------
@@ -211,8 +214,51 @@ def planted_model(fold_ln: bool = True) -> HookedGPT2:
     return load(hf_model, tokenizer=tok, fold_ln=fold_ln)
 
 
-def repeated_tokens(d_vocab: int, n_prompts: int, half: int, seed: int = 0, bos: int = 0) -> torch.Tensor:
-    """``[BOS] + r + r`` for random ``r`` of ``half`` tokens (never BOS), shape ``[n_prompts, 1 + 2·half]``."""
+#: The GPT-2 family's shapes, as in each hub repository's config.json (the rest are GPT2Config's defaults).
+GPT2_FAMILY: dict[str, dict] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768),
+}
+
+
+def write_random_gpt2_dir(path, seed: int = 0, *, dtype: torch.dtype = torch.float32, std: float = 0.02,
+                          vocab_size: int = 50257, n_positions: int = 1024, **config) -> "os.PathLike":
+    """Write a GPT-2 directory (config.json, model.safetensors, tokenizer.json) with random weights.
+
+    ``config`` overrides GPT2Config keys (``n_layer``, ``n_head``, ``n_embd``, ``tie_word_embeddings``…).
+    Weights are drawn as GPT-2 initialises them (normal, ``std``), with random LayerNorm gains and
+    biases and random biases everywhere, so that folding and bias conventions are exercised. The
+    tokenizer is :func:`bpe_tokenizer`'s (2000 tokens, trained offline), GPT-2's ``<|endoftext|>``
+    as id 0 and its BOS/EOS.
+    """
+    import json
+    from pathlib import Path
+
+    from .checkpoint import checkpoint_shapes, parse_config, write_safetensors
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    values = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size,
+              "n_positions": n_positions, "bos_token_id": 0, "eos_token_id": 0, **config}
+    shape = parse_config(values, str(path))
     g = torch.Generator().manual_seed(seed)
-    r = torch.randint(1, d_vocab, (n_prompts, half), generator=g)
-    return torch.cat([torch.full((n_prompts, 1), bos), r, r], 1)
+
+    def make(name: str, size: tuple) -> torch.Tensor:
+        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+            return 1 + 0.2 * torch.randn(size, generator=g)
+        scale = 0.2 if name.endswith(".bias") else std
+        return scale * torch.randn(size, generator=g)
+
+    shapes = checkpoint_shapes(shape, "transformer.")
+    write_safetensors(path / "model.safetensors",
+                      {name: (size, dtype, lambda name=name, size=size: make(name, size)) for name, size in shapes.items()})
+    (path / "config.json").write_text(json.dumps(values, indent=1))
+    (path / "tokenizer.json").write_text(_bpe_tokenizer_json(2000))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+         "model_max_length": n_positions, "tokenizer_class": "GPT2Tokenizer"}, indent=1))
+    return path
+

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import interp
 from interp import InterpError, circuit
 from interp.attribution import sender_outputs
-from interp.circuit import faithfulness
+from interp.discovery import faithfulness
 from interp.edge_patching import circuit_value, edge_effects, replacements
 from interp.graph import Graph
 from interp.metrics import LogitDiff

@@ -83,3 +83,51 @@ def test_heads_heatmap_draws_the_table(tmp_path, saved_figures):
     assert_png(tmp_path / "h.png", min_width=300, min_height=150)
     with pytest.raises(InterpError, match="column 'c' missing"):
         heads_heatmap(df, ["c"], tmp_path / "h2.png")
+
+
+def test_cell_labels_take_the_colour_that_reads_on_their_cell(tmp_path, saved_figures):
+    """Dark cells get white labels and light cells black ones, whatever the colour map (WCAG contrast ≥ 4.5)."""
+    from interp.plotting import label_color
+
+    df = pd.DataFrame({"layer": [0, 0, 0, 0], "head": [0, 1, 2, 3], "score": [0.0, 0.35, 0.65, 1.0],
+                       "delta": [-2.0, -0.2, 0.2, 2.0]})
+    heads_heatmap(df, ["score"], tmp_path / "a.png", vmin=0.0, vmax=1.0, annotate=lambda v: f"{v:.2f}")
+    heads_heatmap(df, ["delta"], tmp_path / "b.png", signed=True, annotate=lambda v: f"{v:.2f}")
+
+    def luminance(rgb):
+        lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    import matplotlib.colors as mc
+
+    for fig in saved_figures:
+        (ax,) = panels(fig)
+        image = ax.images[0]
+        assert len(ax.texts) == 4
+        for text, v in zip(ax.texts, image.get_array().ravel()):
+            cell, ink = luminance(image.cmap(image.norm(v))), luminance(mc.to_rgb(text.get_color()))
+            contrast = (max(cell, ink) + 0.05) / (min(cell, ink) + 0.05)
+            assert contrast >= 4.5, (text.get_text(), text.get_color(), contrast)
+    # the signed map is symmetric around 0, so ±2 are equally saturated
+    assert saved_figures[1].axes[0].images[0].get_clim() == (-2.0, 2.0)
+    assert label_color((0.0, 0.0, 0.0)) == "white" and label_color((1.0, 1.0, 0.8)) == "black"
+
+
+def test_an_all_nan_panel_says_why_instead_of_staying_blank(tmp_path, saved_figures):
+    df = pd.DataFrame({"layer": [0, 1], "head": [0, 0], "self": [np.nan, np.nan], "bos": [0.5, 0.2]})
+    heads_heatmap(df, ["self", "bos"], tmp_path / "n.png", vmin=0.0, vmax=1.0,
+                  notes={"self": "not defined when its target is excluded"})
+    first, second = panels(saved_figures[0])
+    assert [t.get_text() for t in first.texts] == ["not defined when its target is excluded"]
+    assert second.texts == [] or all(t.get_text() != "not defined" for t in second.texts)
+
+
+def test_many_panels_wrap_into_a_grid(tmp_path, saved_figures):
+    kinds = ["a", "b", "c", "d", "e", "f"]
+    df = pd.DataFrame({"layer": [0, 1], "head": [0, 0], **{k: [0.1, 0.9] for k in kinds}})
+    heads_heatmap(df, kinds, tmp_path / "g.png", vmin=0.0, vmax=1.0)
+    axes = panels(saved_figures[0])
+    rows = sorted({round(ax.get_position().y0, 3) for ax in axes})
+    assert [ax.get_title() for ax in axes] == kinds and len(rows) == 2  # 3 × 2, not one long row
+    img = assert_png(tmp_path / "g.png")
+    assert img.shape[1] / img.shape[0] < 4  # readable proportions (six panels in a row were ~10:1)

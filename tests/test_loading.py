@@ -142,3 +142,109 @@ def test_float64_runs_in_float64(small_hf):
     assert logits.dtype == torch.float64
     ref = copy.deepcopy(model).double()(m.tokenize("a prompt").tokens).logits
     assert torch.allclose(logits, ref, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------- issue #18: loading refuses what it cannot honour
+def _copy_dir(src, dst):
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+
+
+@pytest.mark.parametrize("n_layer, missing, unexpected", [(3, "h.2.", None), (1, None, "h.1.")])
+def test_config_and_weights_disagree_on_layers(tmp_path, hf_dir, n_layer, missing, unexpected):
+    """config.json says 3 (or 1) layers, the weights have 2: refused in one line naming the first tensors."""
+    import json
+
+    _copy_dir(hf_dir, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_layer"] = n_layer
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InterpError) as e:
+        interp.load(str(tmp_path))
+    message = str(e.value)
+    assert "\n" not in message and f"does not match its config.json ({n_layer} layer" in message
+    if missing:  # in the order of the model
+        assert "12 missing (transformer.h.2.ln_1.weight, transformer.h.2.ln_1.bias, transformer.h.2.attn" in message
+    if unexpected:  # in the order of the file
+        assert "12 unexpected (transformer.h.1.attn.c_attn.bias, transformer.h.1.attn.c_attn.weight" in message
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused(tmp_path, hf_dir):
+    import json
+
+    _copy_dir(hf_dir, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["n_inner"] = 128  # the weights have 4 × 64 = 256
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InterpError, match=r"tensor transformer\.h\.0\.mlp\.c_fc\.weight has shape \[64, 256\], "
+                                          r"config\.json implies \[64, 128\]"):
+        interp.load(str(tmp_path))
+
+
+def test_truncated_safetensors_is_refused(tmp_path, hf_dir):
+    _copy_dir(hf_dir, tmp_path)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(InterpError, match=r"cannot load weights from .*model\.safetensors: ValueError: tensor .* "
+                                          r"does not fit its shape"):
+        interp.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("value", ["no", "False", 1, 0, None])
+def test_fold_ln_must_be_a_bool(small_hf, value):
+    model, tok = small_hf
+    with pytest.raises(InterpError, match=f"fold_ln must be True or False, not {value!r}"):
+        interp.load(model, tokenizer=tok, fold_ln=value)
+
+
+def test_untied_checkpoint_and_old_attention_buffers(tmp_path, small_hf):
+    """lm_head stored separately (tie_word_embeddings=false) is read; old checkpoints' attn.bias buffers are skipped."""
+    from interp.checkpoint import write_safetensors
+
+    hf, tok = small_hf
+    untied = copy.deepcopy(hf)
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(torch.randn_like(untied.lm_head.weight))
+    untied.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    state = {k.removeprefix("transformer."): v for k, v in untied.state_dict().items()}
+    state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 128, 128))  # as the original GPT-2 checkpoints have
+    write_safetensors(tmp_path / "model.safetensors", state)
+    model = interp.load(str(tmp_path), fold_ln=False)
+    assert torch.equal(model.W_U, untied.lm_head.weight.T)
+    toks = model.tokenize("an untied prompt").tokens
+    assert torch.allclose(model(toks), untied(toks).logits, atol=1e-5)
+
+
+def test_loading_prints_nothing_and_imports_no_heavy_library(hf_dir):
+    """No warning, log line or progress bar; transformers and TransformerLens are imported only for model.bridge."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, interp\n"
+        f"m = interp.load({str(hf_dir)!r})\n"
+        "print(sorted(k for k in ('transformers', 'transformer_lens', 'matplotlib') if k in sys.modules))\n"
+        "m.bridge\n"
+        "print(sorted(k for k in ('transformers', 'transformer_lens') if k in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "['transformer_lens', 'transformers']"]
+    assert out.stderr == ""
+
+
+def test_hub_names_resolve_through_the_local_cache(tmp_path, monkeypatch, hf_dir):
+    """A hub name reads the snapshot directory huggingface_hub returns (here a fake one), with interp's own reader."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(name, allow_patterns=None, **kw):
+        calls.append((name, allow_patterns))
+        return str(hf_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = interp.load("gpt2-medium", fold_ln=False)
+    assert model.cfg.name == "gpt2-medium" and model.cfg.n_layers == 2
+    assert calls[0][0] == "gpt2-medium" and "model.safetensors" in calls[0][1] and "tokenizer.json" in calls[0][1]

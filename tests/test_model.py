@@ -182,3 +182,18 @@ def test_layer_and_head_range_errors(small_raw):
         small_raw.qk(-1, 0)
     with pytest.raises(InterpError, match="stop_at_layer 5"):
         small_raw.run("hi", stop_at_layer=5)
+
+
+def test_the_core_never_imports_the_analyses():
+    """interp's core (model, loading, hooks, interventions, metrics) stands below analyses: no import cycle."""
+    import subprocess
+    import sys
+
+    core = ["interp.model", "interp.loading", "interp.hooks", "interp.tokens", "interp.circuits", "interp.residual",
+            "interp.ablation", "interp.scan", "interp.patching", "interp.path_patching", "interp.metrics",
+            "interp.select", "interp.probes", "interp.export", "interp.plotting"]
+    code = ("import sys, importlib\n"
+            f"for m in {core!r}: importlib.import_module(m)\n"
+            "print(sorted(k for k in sys.modules if k == 'analyses' or k.startswith('analyses.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

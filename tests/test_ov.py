@@ -12,7 +12,8 @@ from transformer_lens.FactoredMatrix import FactoredMatrix
 
 import interp
 from interp import probes
-from analyses import ov
+from analyses import ov, ov_rank
+from interp.threads import one_thread
 from interp import testing
 from interp.circuits import head_output
 from interp.cli import main
@@ -118,7 +119,7 @@ def test_factored_eigenvalues_equal_those_of_the_materialised_full_circuit(small
     ev = ov.full_ov_eigenvalues(m, 1, 1)
     full = m.full_ov(1, 1).AB
     assert full.shape == (m.cfg.d_vocab, m.cfg.d_vocab)
-    with ov._one_thread():  # LAPACK's threads crawl on a busy 2-core machine (see analyses.ov._one_thread)
+    with one_thread():  # LAPACK's threads crawl on a busy 2-core machine (see interp.threads.one_thread)
         ref = torch.linalg.eigvals(full)
     ref = ref[ref.abs().argsort(descending=True)][: m.cfg.d_head].to(torch.complex128)
     scale = float(ref.abs().max())
@@ -190,10 +191,10 @@ def test_full_rank_replacement_reproduces_the_clean_run(request, fixture):
     batch = m.tokenize(["the same words, the same words again", "other text"])
     clean = m(batch)
     every = [(l, h) for l in range(m.cfg.n_layers) for h in range(m.cfg.n_heads)]
-    with ov.low_rank_ov(m, every, m.cfg.d_head):
+    with ov_rank.low_rank_ov(m, every, m.cfg.d_head):
         same = m(batch)
     assert torch.allclose(same, clean, atol=1e-5)
-    with ov.low_rank_ov(m, [(0, 1), (1, 2)], 2):
+    with ov_rank.low_rank_ov(m, [(0, 1), (1, 2)], 2):
         cut = m(batch)
     assert not torch.allclose(cut, clean, atol=1e-3)  # a real cut changes the logits
     assert not m.has_hooks
@@ -222,7 +223,7 @@ def test_rank_k_hook_output_is_the_rank_k_circuit(request, fixture):
     assert (m.b_V[1, 2].abs().max() > 0.1) == (fixture == "biased")
     names = ["ln1.1", "pattern.1", "result.1"]
     _, clean = m.run("a prompt with some words in it", names=names)
-    with ov.low_rank_ov(m, (1, 2), k):
+    with ov_rank.low_rank_ov(m, (1, 2), k):
         _, cut = m.run("a prompt with some words in it", names=names)
     gamma, beta = m.ln1_w[1], m.ln1_b[1]
     C = torch.eye(m.cfg.d_model) - 1 / m.cfg.d_model
@@ -242,12 +243,12 @@ def test_rank_k_hook_output_is_the_rank_k_circuit(request, fixture):
 def test_replacement_hooks_are_removed_after_an_exception(small_folded):
     m = small_folded
     with pytest.raises(RuntimeError, match="boom"):
-        with ov.low_rank_ov(m, [(0, 1), (1, 2)], 2):
+        with ov_rank.low_rank_ov(m, [(0, 1), (1, 2)], 2):
             assert m.has_hooks
             raise RuntimeError("boom")
     assert not m.has_hooks
     with pytest.raises(InterpError, match="rank 99 out of range"):
-        with ov.low_rank_ov(m, (0, 1), 99):
+        with ov_rank.low_rank_ov(m, (0, 1), 99):
             pass
     assert not m.has_hooks
 
@@ -255,7 +256,7 @@ def test_replacement_hooks_are_removed_after_an_exception(small_folded):
 def test_rank_k_loss_finds_the_rank_the_induction_head_uses(planted):
     m = planted
     tokens = probes.repeated_tokens(m, n_prompts=4, half=12)
-    df = ov.rank_k_loss(m, tokens, heads=[(1, 0), (0, 0)], ks=[0, 16, 32, 64], progress=False)
+    df = ov_rank.rank_k_loss(m, tokens, heads=[(1, 0), (0, 0)], ks=[0, 16, 32, 64], progress=False)
     assert list(df.columns) == ["layer", "head", "k", "loss", "clean_loss", "delta"]
     logits = m(tokens)
     clean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, m.cfg.d_vocab), tokens[:, 1:].reshape(-1))
@@ -275,9 +276,9 @@ def test_rank_k_loss_in_prompt_groups_with_padding(small_folded, monkeypatch):
     keep = batch.attention_mask[:, 1:] & batch.attention_mask[:, :-1]
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch.tokens[:, 1:], reduction="none")
     want = float((ce * keep).sum() / keep.sum())
-    whole = ov.rank_k_loss(m, batch, heads=[(0, 2), (1, 3)], ks=[1, 16], progress=False)
-    monkeypatch.setattr(ov, "_LOGITS_BUDGET", 1)  # one prompt per group
-    grouped = ov.rank_k_loss(m, batch, heads=[(0, 2), (1, 3)], ks=[1, 16], progress=False)
+    whole = ov_rank.rank_k_loss(m, batch, heads=[(0, 2), (1, 3)], ks=[1, 16], progress=False)
+    monkeypatch.setattr(ov_rank, "_LOGITS_BUDGET", 1)  # one prompt per group
+    grouped = ov_rank.rank_k_loss(m, batch, heads=[(0, 2), (1, 3)], ks=[1, 16], progress=False)
     assert whole["clean_loss"].iloc[0] == pytest.approx(want, abs=1e-5)
     pd.testing.assert_frame_equal(whole, grouped, atol=1e-5)
     assert (whole.loc[whole["k"] == 16, "delta"].abs() < 1e-5).all()  # d_head 16: exact
@@ -292,11 +293,11 @@ def test_bad_arguments_name_the_culprit(small_folded):
         (lambda: ov.ov_spectrum(m, None, 1), "head 1 given without a layer"),
         (lambda: ov.ov_summary(m, n_top=99), "n_top 99 out of range"),
         (lambda: ov.ov_tokens(m, 0, 0, top=0), "top 0 out of range"),
-        (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1), (0, 1)]), "head 0.1 given twice"),
-        (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[17]), "rank 17 out of range"),
-        (lambda: ov.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[]), "no ranks given"),
-        (lambda: ov.rank_k_loss(m, "some text", heads="L0-H1"), "cannot read head"),
-        (lambda: ov.rank_k_loss(m, torch.tensor([[5]]), heads=[(0, 1)], ks=[1]), "fewer than 2 tokens"),
+        (lambda: ov_rank.rank_k_loss(m, "some text", heads=[(0, 1), (0, 1)]), "head 0.1 given twice"),
+        (lambda: ov_rank.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[17]), "rank 17 out of range"),
+        (lambda: ov_rank.rank_k_loss(m, "some text", heads=[(0, 1)], ks=[]), "no ranks given"),
+        (lambda: ov_rank.rank_k_loss(m, "some text", heads="L0-H1"), "cannot read head"),
+        (lambda: ov_rank.rank_k_loss(m, torch.tensor([[5]]), heads=[(0, 1)], ks=[1]), "fewer than 2 tokens"),
     ]
     for fn, msg in cases:
         with pytest.raises(InterpError, match=msg):

@@ -33,18 +33,8 @@ def pair(model, n=3, P=8, seed=0):
 
 
 def induction_pair(model, n=8, half=12, seed=1):
-    """``[BOS] r r[:-1]`` (the model should predict r's last token) and the same with the first copy of the
-    query token replaced: the induction head then has no earlier copy to look after."""
-    clean = probes.repeated_tokens(model, n, half, seed=seed)[:, : 2 * half]
-    corrupted = clean.clone()
-    vocab = probes.vocabulary(model)
-    g = torch.Generator().manual_seed(seed + 100)
-    while True:
-        new = vocab[torch.randint(0, len(vocab), (n,), generator=g)]
-        if not bool((new[:, None] == clean).any()):
-            break
-    corrupted[:, half - 1] = new
-    return clean, corrupted
+    """``[BOS] r r[:-1]`` and the same with the first copy of the query token replaced (interp.probes)."""
+    return probes.induction_pair(model, n, half, seed=seed)
 
 
 def values(df) -> torch.Tensor:
@@ -239,11 +229,8 @@ def test_unequal_lengths_say_where_the_pair_differs(planted):
 def test_cli_patch_and_path_patch(planted_dir, tmp_path, capsys, saved_figures):
     from figcheck import heatmap_values, panels
 
-    model = interp.load(planted_dir)
-    clean, corrupted = induction_pair(model, n=1)
-    text = [" ".join(model.to_str_tokens(t[1:])) for t in (clean[0], corrupted[0])]
     out, png = tmp_path / "patch.csv", tmp_path / "patch.png"
-    args = ["--model", planted_dir, "--clean", text[0], "--corrupted", text[1], "--no-progress"]
+    args = ["--model", planted_dir, "--task", "induction", "--half", "12", "--no-progress"]
     assert main(["patch", *args, "--out", str(out), "--png", str(png)]) == 0
     printed = capsys.readouterr().out
     df = pd.read_csv(out)

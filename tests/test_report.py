@@ -313,3 +313,17 @@ def test_cli_bad_input(planted_dir, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert f"interp report: error: " in err and message in err
     assert not list(tmp_path.iterdir())
+
+
+def test_report_summary_figure_is_on_a_0_1_scale(planted, tmp_path, saved_figures):
+    """A duplicate-token maximum of 0.02 must not look bright: every panel of the summary is on 0–1."""
+    from figcheck import panels
+
+    rp.write_report(planted, PROMPT, png=tmp_path / "figs", heads="0.0", progress=False)
+    summary = saved_figures[-1]
+    axes = panels(summary)
+    from analyses.heads import KINDS
+
+    assert [ax.get_title() for ax in axes] == list(KINDS)
+    assert all(ax.images[0].get_clim() == (0.0, 1.0) for ax in axes)
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["L0H0.lines.png", "L0H0.pattern.png", "summary.png"]

@@ -145,3 +145,73 @@ def test_twelve_heads_of_256_tokens_render(browser, tmp_path):
           f"rendered in {p.page.evaluate('document.body.dataset.renderMs')} ms")
     p.page.screenshot(path=str(ARTIFACTS / "report-256-tokens.png"))
     p.check_clean()
+
+
+# ---------------------------------------------------------------------------- in a notebook
+NOTEBOOK = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>notebook</title>
+<style>.jp-OutputArea-output {{ width: 1100px }} body {{ font-family: serif }}</style></head>
+<body><div id="notebook-marker">a notebook page</div>
+<div class="jp-OutputArea-output" data-mime-type="text/html">{output}</div>
+</body></html>
+"""
+
+
+def notebook_page(browser, tmp_path, output_html: str):
+    """What Jupyter does with a ``text/html`` output: its markup inside the notebook's own page."""
+    path = tmp_path / "notebook.html"
+    path.write_text(NOTEBOOK.format(output=output_html), encoding="utf-8")
+    errors, requests = [], []
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("console", lambda m: m.type in ("error", "warning") and errors.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    # Chromium reports a request the CSP blocked as a request that failed with "csp": not sent.
+    page.on("requestfailed", lambda r: requests.remove(r.url) if r.failure == "csp" else None)
+    page.goto(path.resolve().as_uri())
+    frame = page.frame_locator("iframe")
+    frame.locator("body[data-ready='1']").wait_for(timeout=30_000)
+    return page, frame, errors, requests, path.resolve().as_uri()
+
+
+def test_report_displays_inline_in_a_notebook(browser, planted, tmp_path):
+    """report._repr_html_(): the page in a sandboxed srcdoc iframe: it draws, hovers, keeps its CSP, cannot reach out."""
+    r = rp.build_report(planted, PROMPT, heads="0.0,1.1", progress=False)
+    output = r._repr_html_()
+    assert output.startswith('<iframe srcdoc="&lt;!DOCTYPE html&gt;') and 'sandbox="allow-scripts"' in output
+    assert "allow-same-origin" not in output and "<script" not in output  # all of the page is inside srcdoc
+    page, frame, errors, requests, url = notebook_page(browser, tmp_path, output)
+    assert frame.locator(".head-card").count() == 2 and frame.locator("#tokens .tok").count() == len(r.tokens)
+    assert frame.locator("table.grid").count() == len(r.kinds) + 1
+    card = frame.locator("#head-0")  # L0H0, the previous-token head: query 5 lights its line to key 4
+    card.locator(".col.q .row").nth(5).hover()
+    lit = card.locator("line.hl")
+    assert lit.count() == 1 and lit.get_attribute("data-k") == "4"
+    assert page.locator("#notebook-marker").text_content() == "a notebook page"  # the notebook is untouched
+    inner = page.frames[1]
+    # Sandboxed without allow-same-origin: the report's script cannot reach the notebook page.
+    assert inner.evaluate("() => { try { return parent.document.title } catch (e) { return 'blocked' } }") == "blocked"
+    assert inner.evaluate("() => { try { localStorage.length; return 'open' } catch (e) { return 'blocked' } }") == "blocked"
+    # The report's own CSP holds inside the frame: an image from the network is never requested.
+    assert inner.evaluate("document.querySelector('meta[http-equiv=\"Content-Security-Policy\"]') !== null")
+    inner.evaluate("() => { const i = document.createElement('img'); i.src = 'http://127.0.0.1:9/x.png'; "
+                   "document.body.appendChild(i); }")
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report-in-notebook.png"))
+    assert requests == [url]  # the image was blocked by the frame's CSP, never sent
+    assert len(errors) == 1 and "violates the following Content Security Policy directive" in errors[0]
+    page.close()
+
+
+def test_interp_show_one_head(browser, planted, tmp_path):
+    """interp.show(model, prompt, head): one head's pattern, no classifier run, inline."""
+    r = interp.show(planted, PROMPT, "1.1")
+    assert r.heads == [(1, 1)] and r.scores is None
+    page, frame, errors, requests, url = notebook_page(browser, tmp_path, r._repr_html_())
+    assert frame.locator(".head-card").count() == 1 and frame.locator("table.grid").count() == 0
+    bos = frame.locator("#head-0")
+    bos.locator(".col.k .row").nth(0).hover()  # the BOS head: every query looks at key 0
+    assert bos.locator("line.hl").count() == len(r.tokens)
+    assert requests == [url] and errors == []
+    page.close()

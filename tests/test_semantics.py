@@ -225,7 +225,7 @@ def test_direct_logit_attribution_per_head_equals_hugging_faces(models, hf, fold
 @pytest.mark.parametrize("fold", MODES, ids=["folded", "raw"])
 @pytest.mark.parametrize("k", [0, 2, 5])
 def test_rank_k_ov_replacement_equals_hugging_faces(models, hf, fold, k):
-    from analyses.ov import low_rank_ov
+    from analyses.ov_rank import low_rank_ov
 
     m = models[fold]
     batch = inputs(m, "padded")
@@ -238,7 +238,7 @@ def test_rank_k_ov_replacement_equals_hugging_faces(models, hf, fold, k):
 
 
 def test_rank_k_loss_is_the_same_in_both_modes(models):
-    from analyses.ov import rank_k_loss
+    from analyses.ov_rank import rank_k_loss
 
     batch = inputs(models[True], "padded")
     folded, raw = (rank_k_loss(models[f], batch, heads=[(0, 1), (2, 2)], ks=[0, 3], progress=False) for f in MODES)

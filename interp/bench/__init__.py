@@ -5,7 +5,7 @@ things measured in the same run on the same random-weight GPT-2-small-shaped
 model (same compute as the real GPT-2 small). Each section is a function
 ``(ctx) -> list[Row]`` registered in :data:`SECTIONS`: the analyses' in
 :mod:`interp.bench.analyses`, the forward pass and interventions' in
-:mod:`interp.bench.interventions`. Benchmarks sit above both the core and the
+:mod:`interp.bench.interventions`, start-up and loading in :mod:`interp.bench.startup`. Benchmarks sit above both the core and the
 analyses (they import both); nothing imports them.
 """
 
@@ -126,13 +126,19 @@ def section(name: str):
     return register
 
 
-def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256, threads: Optional[int] = None) -> list[Row]:
-    """Run the chosen sections (all by default) and print each row as it comes."""
+def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256, threads: Optional[int] = None,
+        progress: Optional[bool] = None) -> list[Row]:
+    """Run the chosen sections (all by default) and print each row as it comes.
+
+    ``progress``: a bar over the sections on stderr (None: only on a terminal; False: never).
+    """
+    from tqdm.auto import tqdm
+
     from ..errors import InterpError
 
     if threads:
         torch.set_num_threads(threads)
-    from . import analyses, attribution, interventions  # noqa: F401  (their sections register in SECTIONS)
+    from . import analyses, attribution, interventions, startup  # noqa: F401  (their sections register in SECTIONS)
 
     names = only or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
@@ -141,8 +147,14 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
     ctx = Context(n_prompts, n_pos)
     rows: list[Row] = []
     print(f"interp bench: random GPT-2 small shape, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name in names:
+    bar = tqdm(names, desc="bench", unit="section", disable=None if progress is None else not progress, leave=False)
+    for name in bar:
+        bar.set_postfix_str(name)
         for row in SECTIONS[name](ctx):
-            print(row.line(), flush=True)
+            if bar.disable:
+                print(row.line(), flush=True)
+            else:
+                bar.write(row.line())  # above the bar, which is redrawn below it
             rows.append(row)
+    bar.close()
     return rows

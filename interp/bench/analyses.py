@@ -51,26 +51,17 @@ def bench_lens(ctx: Context) -> list[Row]:
 
 # ---- heads (analyses.heads): classification vs a forward pass, vs detect_head, peak memory
 def _heads_word_prompts(model, n_prompts: int, n_pos: int, seed: int = 0) -> list[str]:
-    """Strings that tokenize to exactly ``n_pos`` tokens (with BOS): ``r + r`` of whole-word tokens.
+    """``[BOS] + r + r`` as whole-word text (:func:`interp.probes.repeated_words`), ``n_pos`` tokens or one fewer.
 
-    ``detect_head`` takes strings only and re-tokenizes them; prompts made of
-    space-prefixed word tokens that survive decode → encode give it and us the
-    very same tokens (checked below), so both sides score identical inputs.
+    ``detect_head`` takes strings only and re-tokenizes them; these give it and us the very same
+    tokens (checked below), so both sides score identical inputs.
     """
-    tok = model.tokenizer
-    words = [i for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-             if t.startswith("Ġ") and t[1:].isalpha() and i < model.cfg.d_vocab
-             and tok(tok.decode([i]), add_special_tokens=False)["input_ids"] == [i]]
-    g = torch.Generator().manual_seed(seed)
-    body = n_pos - 1
-    half = (body + 1) // 2
-    prompts = []
-    for _ in range(n_prompts):
-        r = [words[j] for j in torch.randperm(len(words), generator=g)[:half].tolist()]
-        prompts.append(tok.decode((r + r)[:body]))
+    from ..probes import repeated_words
+
+    prompts = repeated_words(model, n_prompts, (n_pos - 1) // 2, seed=seed)
     ours = model.tokenize(prompts).tokens
     theirs = model.bridge.to_tokens(prompts)
-    if ours.shape != (n_prompts, n_pos) or not torch.equal(ours, theirs.to(ours.device)):
+    if not torch.equal(ours, theirs.to(ours.device)):
         raise RuntimeError("bench heads: word prompts do not tokenize to the same tokens for us and TransformerLens")
     return prompts
 

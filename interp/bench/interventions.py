@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 
 import torch
@@ -135,9 +137,10 @@ def bench_patch(ctx: Context) -> list[Row]:
         tl_s, tl_sample = 0.0, sample[::4]
         for l, h, p in tl_sample:
             index = pd.DataFrame({"layer": [l], "pos": [p], "head_index": [h]})
-            out, s = timed(lambda: patching.generic_activation_patch(
-                model.bridge, corrupted, clean_cache, lambda lg: metric.from_logits(model, lg, kb),
-                patching.layer_pos_head_vector_patch_setter, "z", index_df=index))
+            with contextlib.redirect_stderr(io.StringIO()):  # its own progress bar, one per site
+                out, s = timed(lambda: patching.generic_activation_patch(
+                    model.bridge, corrupted, clean_cache, lambda lg: metric.from_logits(model, lg, kb),
+                    patching.layer_pos_head_vector_patch_setter, "z", index_df=index))
             tl_s += s
             worst = max(worst, abs(float(out[0]) - float(got[(l, h, p)])))
     sites, timed_sites = L * H * P, L * H * len(positions)

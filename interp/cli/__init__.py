@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError
-from . import ablate, circuit, circuits, heads, lens, misc, ov, report
+from . import ablate, check, circuits, compose, discovery, heads, lens, misc, ov, report
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -27,12 +27,24 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "ablate": (ablate.add, ablate.run),
     "patch": (circuits.add_patch, circuits.run_patch),
     "path-patch": (circuits.add_path_patch, circuits.run_path_patch),
-    "attribute": (circuit.add_attribute, circuit.run_attribute), "circuit": (circuit.add_circuit, circuit.run_circuit),
+    "attribute": (discovery.add_attribute, discovery.run_attribute),
+    "circuit": (discovery.add_circuit, discovery.run_circuit),
+    "compose": (compose.add, compose.run),
+    "check-gpt2": (check.add, check.run),
 }
 
 
+class _BadUsage(Exception):
+    """An option argparse could not read: reported as one line (exit 2) by :func:`main`."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _BadUsage(f"{self.prog}: error: {message}")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="interp", description="Mechanistic interpretability for GPT-2: heads, lens, circuits, ablation, reports.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,14 +60,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser, subparsers = build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra:  # the subcommand's own usage, not the top level's
+            subparsers[args.command].print_usage(sys.stderr)
             subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         with warnings.catch_warnings():
             # Library warnings (with source paths) are not the user's business; ours are InterpErrors.
             warnings.simplefilter("ignore")
             return COMMANDS[args.command][1](args) or 0
+    except _BadUsage as e:
+        print(e, file=sys.stderr)
+        return 2
     except InterpError as e:
-        print(f"interp {getattr(locals().get('args'), 'command', '')}: error: {e}".replace("interp : ", "interp: "),
-              file=sys.stderr)
+        print(f"interp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interp: interrupted", file=sys.stderr)

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             keys = [int(k) for k in keys.split(",")]
         except ValueError:
             raise InterpError(f"--keys {args.keys!r}: use {', '.join(KEY_NAMES)} or positions such as '0,3'") from None
+    if args.window is not None and args.text is None and args.reference is None:
+        raise InterpError("--window sets the windows of --text / --reference: give one of them")
     check_file(args.text, "--text")
     check_file(args.reference, "--reference")
     out = Outputs(args)
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     if args.heads is not None:
         select.heads(model, args.heads)  # a bad head is reported before any work
+    if args.window is not None and args.window > model.cfg.n_ctx:
+        raise InterpError(f"--window {args.window}: out of range; the model's context window is {model.cfg.n_ctx} tokens")
     window = args.window or min(128, model.cfg.n_ctx)
     if text is not None:
         inputs, what = probes.text_windows(model, text, window, max_windows=args.max_windows), args.text

@@ -15,6 +15,12 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corrupted", action="append", default=[], metavar="TEXT", help="its corrupted partner")
     g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line")
     g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line")
+    g.add_argument("--task", choices=["induction"],
+                   help="built-in pairs instead: induction = [BOS] r r[:-1] vs the same with the first copy of the "
+                   "query token replaced (interp.probes.induction_pair)")
+    g.add_argument("--n", type=count("a number of prompts"), default=8, help="with --task: pairs (default 8)")
+    g.add_argument("--half", type=count("a length"), help="with --task: length of r (default: from the context window)")
+    g.add_argument("--seed", type=int, default=0, help="with --task: seed of the random tokens (default 0)")
     m = p.add_argument_group("metric (default: logit of the clean run's top token minus the corrupted run's)")
     m.add_argument("--target", help="token the clean run should predict (text of one token, or id:N)")
     m.add_argument("--contrast", help="token to compare it with (default: the corrupted run's top token)")
@@ -23,13 +29,18 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
 
 
 def _check_pair(args) -> None:
+    given = [bool(args.clean or args.corrupted), bool(args.clean_file or args.corrupted_file), args.task is not None]
+    if sum(given) > 1:
+        raise InterpError("give prompts one way: --clean/--corrupted, --clean-file/--corrupted-file, or --task")
+    if args.task is None and args.half is not None:
+        raise InterpError("--half goes with --task")
+    if args.task is not None:
+        return
     if bool(args.clean) != bool(args.corrupted) or bool(args.clean_file) != bool(args.corrupted_file):
         raise InterpError("give clean and corrupted prompts together: --clean with --corrupted, "
                           "--clean-file with --corrupted-file")
     if not (args.clean or args.clean_file):
-        raise InterpError("no prompts: give --clean TEXT --corrupted TEXT (or --clean-file and --corrupted-file)")
-    if args.clean and args.clean_file:
-        raise InterpError("give prompts with --clean/--corrupted or with --clean-file/--corrupted-file, not both")
+        raise InterpError("no prompts: give --clean TEXT --corrupted TEXT, --clean-file and --corrupted-file, or --task")
     if args.contrast is not None and args.target is None:
         raise InterpError("--contrast needs --target")
     check_file(args.clean_file, "--clean-file")
@@ -41,7 +52,11 @@ def _pair_and_metric(model, args):
     from .. import metrics, select
     from ..patching import paired_batches
 
-    if args.clean_file:
+    if args.task is not None:
+        from ..probes import induction_pair
+
+        clean, corrupted = induction_pair(model, args.n, args.half, seed=args.seed)
+    elif args.clean_file:
         clean, corrupted = read_lines(args.clean_file, "--clean-file"), read_lines(args.corrupted_file, "--corrupted-file")
         if len(clean) != len(corrupted):
             raise InterpError(f"--clean-file has {len(clean)} prompts but --corrupted-file has {len(corrupted)}: "

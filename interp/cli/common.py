@@ -117,14 +117,14 @@ class Outputs:
     """
 
     def __init__(self, args: argparse.Namespace, *, table: bool = True, image: bool = True):
-        from ..export import table_format
+        from ..export import check_target, table_format
 
         self.table = getattr(args, "out", None) if table else None
         self.fmt = getattr(args, "format", None)
         self.image = getattr(args, "png", None) if image else None
         self._jobs: list[tuple[Path, Callable[[Path], Any]]] = []
         if self.table is not None:
-            _check_target(self.table, "--out")
+            check_target(self.table, "--out")
             try:
                 self.fmt = table_format(self.table, self.fmt)
             except InterpError:
@@ -133,7 +133,7 @@ class Outputs:
         elif self.fmt is not None:
             raise InterpError("--format goes with --out FILE")
         if self.image is not None:
-            _check_target(self.image, "--png")
+            check_target(self.image, "--png")
             if Path(self.image).suffix.lower() not in IMAGE_SUFFIXES:
                 raise InterpError(f"--png {self.image}: unknown image format; use a .png, .svg or .pdf name")
 
@@ -186,17 +186,6 @@ class Outputs:
             for tmp, _ in done:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-
-
-def _check_target(path: str, option: str) -> None:
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise InterpError(f"{option} {path}: is a directory; give a file name")
-    if not parent.is_dir():
-        raise InterpError(f"{option} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"{option} {path}: directory {parent} is not writable")
 
 
 def add_output_args(p: argparse.ArgumentParser, png: Optional[str] = "write a heatmap to this file (.png, .svg or .pdf)") -> None:

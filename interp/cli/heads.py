@@ -28,7 +28,7 @@ def add(sub) -> None:
     g.add_argument("--half", type=count("a length"), help="length of r in [BOS] + r + r (default: min(50, (n_ctx - 1) // 2))")
     g.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
     m = p.add_argument_group("what to measure")
-    m.add_argument("--kinds", help="comma-separated kinds (default: all of previous_token,self,duplicate_token,"
+    m.add_argument("--kinds", "--kind", dest="kinds", help="comma-separated kinds (default: all of previous_token,self,duplicate_token,"
                    "induction,bos,spread)")
     m.add_argument("--layers", help="layers to score, every head of each, e.g. '0-5' or '1,4' (default: all)")
     m.add_argument("--heads", help="instead of --layers, the heads to score, e.g. '0.1,4.11' or '4.*'")

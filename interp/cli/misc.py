@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, count, load_model
+from .common import add_model_args, add_progress, count, load_model, progress
 
 
 def add_info(sub) -> None:
@@ -25,11 +25,12 @@ def add_bench(sub) -> None:
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
     p.add_argument("--pos", type=count("a number of tokens"), default=256, help="tokens per prompt (default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
+    add_progress(p)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from .. import bench
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    bench.run(only, n_prompts=args.prompts, n_pos=args.pos, threads=args.threads)
+    bench.run(only, n_prompts=args.prompts, n_pos=args.pos, threads=args.threads, progress=progress(args))
     return 0

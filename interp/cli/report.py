@@ -25,14 +25,15 @@ def add(sub) -> None:
     choose.add_argument("--heads", help="comma-separated LAYER.HEAD, e.g. 4.11,0.5")
     choose.add_argument("--top", type=count("a number of heads"),
                         help="the N heads with the highest --kind score (default kind: each head's own label)")
-    choose.add_argument("--kind", help="head kind for --top: previous_token, self, duplicate_token, induction, bos, spread")
+    choose.add_argument("--kind", "--kinds", dest="kind", help="one head kind for --top: previous_token, self, duplicate_token, induction, bos, spread")
     choose.add_argument(
         "--classify-on", choices=["probe", "prompt"], default="probe",
         help="score heads on the classifier's repeated random tokens (probe, default) or on this prompt",
     )
     choose.add_argument("--no-scores", action="store_true", help="skip the head classifier (needs --heads)")
-    p.add_argument("--png", metavar="DIR", help="also write each head's heatmap and line view as PNG files into DIR")
-    p.add_argument("--svg", metavar="DIR", help="the same as SVG files")
+    p.add_argument("--png-dir", dest="png", metavar="DIR",
+                   help="also write each head's heatmap and line view (and the summary) as PNG files into DIR")
+    p.add_argument("--svg-dir", dest="svg", metavar="DIR", help="the same as SVG files")
     p.add_argument("--csv", metavar="FILE", help="write the raw patterns (one row per head, query, key) as CSV")
     p.add_argument("--line-top-k", type=count("a number of lines"), default=8,
                    help="lines per query in the line view (default 8)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise InterpError(f"--line-min-weight {args.line_min_weight}: give a weight between 0 and 1")
     check_file(args.file, "--file")
     if not (args.out or args.png or args.svg or args.csv):
-        raise InterpError("nothing to write: give --out report.html (and/or --png DIR, --svg DIR, --csv FILE)")
+        raise InterpError("nothing to write: give --out report.html (and/or --png-dir DIR, --svg-dir DIR, --csv FILE)")
     check_outputs(args.out, png=args.png, svg=args.svg, csv=args.csv)  # fail before loading the model
     prompt = args.prompt if args.prompt is not None else read_text(args.file, "--file")
     if args.file is not None and prompt.endswith("\n"):

@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import InterpError
-from interp.export import write_table, write_text
+from interp.export import check_target
 
 from .html import render
 
@@ -120,6 +120,12 @@ class Report:
     def html(self) -> str:
         """The report as one self-contained HTML page (see the module docs)."""
         return render(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
+        from .notebook import iframe
+
+        return iframe(self.html(), title=f"Attention report · {self.model_name}")
 
 
 # ---------------------------------------------------------------------------- building
@@ -256,26 +262,14 @@ def report_html(model, prompt: Prompt, **kwargs) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
-def _check_file_target(path, what: str) -> Path:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise InterpError(f"cannot write the {what} to {path}: it is a directory")
-    if not parent.is_dir():
-        raise InterpError(f"cannot write the {what} to {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InterpError(f"cannot write the {what} to {path}: directory {parent} is not writable")
-    return path
-
-
 def check_outputs(path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None) -> None:
     """Raise :class:`InterpError` if an output cannot be written (before any work is done)."""
     if path is None and png is None and svg is None and csv is None:
         raise InterpError("nothing to write: give an HTML path, or png/svg directories or a csv path")
     if path is not None:
-        _check_file_target(path, "report")
+        check_target(path, "the report")
     if csv is not None:
-        _check_file_target(csv, "CSV")
+        check_target(csv, "the CSV")
     for d in (png, svg):
         if d is None:
             continue
@@ -300,8 +294,9 @@ def write_report(
 ) -> Report:
     """Build a report and write it: the HTML to ``path``, figures into ``png``/``svg`` directories, the CSV to ``csv``.
 
-    Every output is checked before the model runs and written atomically (temp file +
-    rename): on any error no partial file is left and an existing file is untouched.
+    Every output is checked before the model runs; all of them are rendered before any is moved
+    into place (temp files and staging directories, then renames): on any error no partial file
+    is left and every existing file is untouched.
     Keyword arguments (``heads``, ``top``, ``kind``, ``scores``, ``line_top_k``, …)
     as :func:`build_report`. Returns the :class:`Report`.
 
@@ -312,21 +307,39 @@ def write_report(
     >>> report.heads[0], open(out).read(15)
     ((0, 0), '<!DOCTYPE html>')
     """
-    from interp.plotting import write_figures
+    import tempfile
+
+    from interp.export import new_file_mode
+    from interp.plotting import stage_figures
 
     check_outputs(path, png=png, svg=svg, csv=csv)
     report = build_report(model, prompt, progress=progress, **kwargs)
-    jobs = [
-        (path, lambda: write_text(path, report.html())),
-        (csv, lambda: write_table(report.table(), csv, "csv")),
-        (png, lambda: write_figures(report, png, "png", progress)),
-        (svg, lambda: write_figures(report, svg, "svg", progress)),
-    ]
-    for target, job in jobs:
-        if target is None:
-            continue
-        try:
-            job()
-        except OSError as e:  # e.g. a full disk or a read-only file system: atomic_path has cleaned up
-            raise InterpError(f"cannot write {target}: {e.strerror or e}") from None
+    # Everything is rendered first (files beside their targets, figures in staging directories) and
+    # moved into place only when all of it succeeded: a failure leaves every old file as it was.
+    files, staged, target = [], [], None
+    try:
+        for target, write in ((path, lambda tmp: tmp.write_text(report.html(), encoding="utf-8")),
+                              (csv, lambda tmp: report.table().to_csv(tmp, index=False))):
+            if target is None:
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".part", dir=Path(target).parent)
+            os.close(fd)
+            files.append((Path(tmp), Path(target)))
+            write(Path(tmp))
+        for target, fmt in ((png, "png"), (svg, "svg")):
+            if target is not None:
+                staged.append(stage_figures(report, target, fmt, progress))
+        for tmp, target in files:
+            os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else new_file_mode())
+            os.replace(tmp, target)
+        for s in staged:
+            s.commit()
+    except OSError as e:  # e.g. a full disk or a read-only file system
+        raise InterpError(f"cannot write {target}: {e.strerror or e}") from None
+    finally:
+        for tmp, _ in files:
+            if tmp.exists():
+                tmp.unlink()
+        for s in staged:
+            s.discard()
     return report

@@ -7,7 +7,7 @@ import json
 
 from ..errors import InterpError
 from .circuits import _add_pair, _check_pair, _pair_and_metric
-from .common import (Outputs, _check_target, add_model_args, add_progress, count, load_model, print_table,
+from .common import (Outputs, add_model_args, add_progress, count, load_model, print_table,
                      progress)
 
 
@@ -105,7 +105,8 @@ def add_circuit(sub) -> None:
 
 
 def run_circuit(args: argparse.Namespace) -> int:
-    from ..circuit import circuit
+    from ..discovery import circuit
+    from ..export import check_target
 
     _check_inputs(args)
     if args.edges is not None and args.threshold is not None:
@@ -116,7 +117,7 @@ def run_circuit(args: argparse.Namespace) -> int:
         raise InterpError(f"--tolerance {args.tolerance}: give a number >= 0")
     for path, option, suffix in ((args.out, "--out", ".json"), (args.svg, "--svg", ".svg"), (args.html, "--html", ".html")):
         if path is not None:
-            _check_target(path, option)
+            check_target(path, option)
             if not path.lower().endswith(suffix):
                 raise InterpError(f"{option} {path}: give a {suffix} file name")
     out = Outputs(argparse.Namespace(), table=False, image=False)

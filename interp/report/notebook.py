@@ -1,0 +1,55 @@
+"""Reports inline in Jupyter: the page in a sandboxed iframe, and :func:`show` for a quick look at a head.
+
+A notebook inserts an output's HTML into its own page, where the report's
+Content-Security-Policy (a ``<meta>`` of the page's ``<head>``) would not apply and its script
+would meet the notebook's DOM, styles and element ids. So the notebook gets an ``<iframe>``
+whose ``srcdoc`` is the whole page, escaped: the page is its own document, with its own CSP,
+and ``sandbox="allow-scripts"`` (no ``allow-same-origin``) runs its script in an opaque origin
+that cannot reach the notebook, its cookies or storage. The frame has a fixed height (the
+page scrolls inside it) and can be resized by dragging its corner.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+#: The frame's height: the header and a head's heatmap; the report scrolls inside it.
+HEIGHT = 900
+
+
+def iframe(page: str, height: int = HEIGHT, title: str = "interp report") -> str:
+    """An HTML page as a sandboxed ``<iframe srcdoc=…>`` element, for a notebook output.
+
+    >>> iframe("<p>a & b</p>", 100)[:70]
+    '<iframe srcdoc="&lt;p&gt;a &amp; b&lt;/p&gt;" sandbox="allow-scripts" '
+    """
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" sandbox="allow-scripts" title="{html.escape(title)}" '
+        f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd; resize: vertical; overflow: auto" '
+        'loading="eager"></iframe>'
+    )
+
+
+def show(model: Any, prompt: Any, head: Any = None, **kwargs: Any):
+    """A quick look at heads' attention on a prompt: a :class:`~interp.report.Report` that a notebook shows inline.
+
+    ``head`` is what :func:`~interp.report.build_report`'s ``heads=`` takes (``"4.11"``,
+    ``(4, 11)``, ``"4.11,0.5"``); no head classifier runs unless ``scores=None`` (or ``top=``/
+    ``kind=``) is passed. Other keyword arguments go to :func:`~interp.report.build_report`.
+
+    >>> from interp.testing import planted_model
+    >>> r = show(planted_model(), "a b c a b c", (0, 0))
+    >>> r.heads, r._repr_html_().startswith('<iframe srcdoc="&lt;!DOCTYPE html&gt;')
+    ([(0, 0)], True)
+    """
+    from . import build_report
+
+    if head is not None and isinstance(head, tuple) and len(head) == 2 and all(isinstance(x, int) for x in head):
+        head = [head]
+    if head is not None:
+        kwargs.setdefault("scores", False)
+    return build_report(model, prompt, heads=head, **kwargs)
+
+
+__all__ = ["show", "iframe"]
