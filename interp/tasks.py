@@ -130,30 +130,34 @@ def _count(n: Any, what: str) -> int:
     return n
 
 
-def induction(model, n_prompts: int = 8, half: int = 20, seed: int = 0, corrupt: str = "half") -> Task:
-    """Repeated random tokens ``[BOS] r r[:-1]`` (see the module docs).
+def induction(model, n_prompts: int = 8, half: Optional[int] = None, seed: int = 0, corrupt: str = "half") -> Task:
+    """Repeated random tokens ``[BOS] r r[:-1]`` (see the module docs); ``half`` = len(r), default
+    20 (or what the context window allows).
 
     ``corrupt="half"``: another first half (nothing to look back on: keys *and* values change);
     ``corrupt="key"``: only the earlier copy of the last token replaced, so the induction heads lose
     their match (their keys) while what they would copy (their values) stays: the previous-token →
-    induction-head K-composition alone (:data:`TASKS` ``"induction-key"``).
+    induction-head K-composition alone (:data:`TASKS` ``"induction-key"``; the pairs are
+    :func:`interp.probes.induction_pair`'s).
     """
-    from .probes import repeated_tokens, vocabulary
+    from .probes import induction_pair, repeated_tokens, vocabulary
 
-    _count(n_prompts, "n_prompts"), _count(half, "half")
+    _count(n_prompts, "n_prompts")
+    half = min(20, (model.cfg.n_ctx - 1) // 2) if half is None else _count(half, "half")
     if corrupt not in ("half", "key"):
         raise InterpError(f"corrupt must be 'half' or 'key', not {corrupt!r}")
-    clean = repeated_tokens(model, n_prompts, half, seed=seed)[:, : 2 * half]
-    vocab = vocabulary(model)
-    g = torch.Generator().manual_seed(seed + 1)
-    corrupted = clean.clone()
-    span = slice(1, half + 1) if corrupt == "half" else slice(half - 1, half)  # r, or r[-2]'s first copy
-    n = span.stop - span.start
-    for i in range(n_prompts):  # new tokens sharing none with the clean sequence
-        pool = vocab[~torch.isin(vocab, clean[i])]
-        if len(pool) < n:
-            raise InterpError(f"the vocabulary has too few tokens for half={half}")
-        corrupted[i, span] = pool[torch.randperm(len(pool), generator=g)[:n]]
+    if corrupt == "key":
+        clean, corrupted = induction_pair(model, n_prompts, half, seed=seed)
+    else:
+        clean = repeated_tokens(model, n_prompts, half, seed=seed)[:, : 2 * half]
+        vocab = vocabulary(model)
+        g = torch.Generator().manual_seed(seed + 1)
+        corrupted = clean.clone()
+        for i in range(n_prompts):  # a new first half sharing no token with the clean sequence
+            pool = vocab[~torch.isin(vocab, clean[i])]
+            if len(pool) < half:
+                raise InterpError(f"the vocabulary has too few tokens for half={half}")
+            corrupted[i, 1 : half + 1] = pool[torch.randperm(len(pool), generator=g)[:half]]
     what = "another first half" if corrupt == "half" else "the earlier copy of the last token replaced"
     answer = clean[:, half].to(model.cfg.device)  # r[-1], what induction predicts after r[:-1]
 
@@ -233,6 +237,6 @@ def greater_than(model, n_prompts: int = 8, seed: int = 0) -> Task:
                 PUBLISHED["greater-than"], {"yy": yy})
 
 
-#: name -> generator(model, n_prompts, seed).
+#: name -> generator(model, n_prompts, seed) (the induction tasks also take ``half``).
 TASKS = {"induction": induction, "induction-key": functools.partial(induction, corrupt="key"), "ioi": ioi,
          "greater-than": greater_than}

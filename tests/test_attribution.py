@@ -90,8 +90,9 @@ def test_equal_to_transformer_lens_attribution_patch(models, fold):
     nodes = attribute(m, clean, corrupted, LogitDiff(5, 9), level="node", progress=False).set_index("node")["score"]
     edges = attribute(m, clean, corrupted, LogitDiff(5, 9), progress=False).set_index("edge")["score"]
     assert set(edges.index) == set(theirs_edge) and len(edges) == int(Graph(3, 4).valid.sum()) == 262
-    assert max(abs(edges[k] - v) for k, v in theirs_edge.items()) < 1e-9
-    assert max(abs(nodes[k] - v) for k, v in theirs_node.items()) < 1e-9
+    tol = 1e-6 if fold else 1e-9  # TransformerLens folds float64 weights in float32 (~1e-7, test_folding)
+    assert max(abs(edges[k] - v) for k, v in theirs_edge.items()) < tol
+    assert max(abs(nodes[k] - v) for k, v in theirs_node.items()) < tol
     assert edges.abs().max() > 1e-2 and nodes.abs().max() > 1e-2  # scores that matter: the comparison can fail
 
 

@@ -114,7 +114,7 @@ def test_faithfulness_equals_transformer_lens(models, fold):
     tl_circuit = [(writer(e.split("->")[0], p), node(e.split("->")[1], p)) for e in edges for p in range(6)]
     theirs = tl_faithfulness(m.bridge, clean, corrupted, fn, tl_circuit).recovered
     ours = faithfulness(m, clean, corrupted, edges, LogitDiff(5, 9))
-    assert ours == pytest.approx(theirs, abs=1e-9)
+    assert ours == pytest.approx(theirs, abs=1e-6 if fold else 1e-9)  # TL folds float64 weights in float32
     assert 0.05 < abs(ours) and abs(ours - 1) > 0.05  # neither trivial end: the comparison can fail
 
 
@@ -178,7 +178,10 @@ def test_interp_tiny_induction_circuit():
         head = e.split("->")[1][:-2]
         assert f"{head}->logits" in edges.index or f"{head}->MLP1" in edges.index
     assert "embed->L0H4.v" in edges.index  # the previous-token head reads the changed token
-    assert {n for n in c.nodes if n.startswith("L0")} == {"L0H4"}  # no other layer-0 head
+    # No other layer-0 head but L0H2, which matches tokens (trained for duplicate tokens, MODEL_CARD.md): the
+    # replaced copy changes its keys, and it writes to the logits directly — small, but kept by pruning.
+    assert {n for n in c.nodes if n.startswith("L0")} <= {"L0H4", "L0H2"}
+    assert edges.loc["embed->L0H4.v", "effect"] > 10 * edges.filter(like="L0H2", axis=0)["effect"].abs().max()
     from_l0h4 = c.candidates[c.candidates["sender"] == "L0H4"]
     k = from_l0h4[from_l0h4["input"] == "k"]["attribution"].abs().sum()
     assert k > 5 * from_l0h4[from_l0h4["input"].isin(["q", "v"])]["attribution"].abs().sum()

@@ -230,7 +230,7 @@ def test_cli_patch_and_path_patch(planted_dir, tmp_path, capsys, saved_figures):
     from figcheck import heatmap_values, panels
 
     out, png = tmp_path / "patch.csv", tmp_path / "patch.png"
-    args = ["--model", planted_dir, "--task", "induction", "--half", "12", "--no-progress"]
+    args = ["--model", planted_dir, "--task", "induction-key", "--half", "12", "--no-progress"]
     assert main(["patch", *args, "--out", str(out), "--png", str(png)]) == 0
     printed = capsys.readouterr().out
     df = pd.read_csv(out)

@@ -10,18 +10,25 @@ from .common import (Outputs, add_model_args, add_output_args, add_progress, che
 
 
 def _add_pair(p: argparse.ArgumentParser) -> None:
+    """The inputs of patch, path-patch, attribute and circuit: prompt pairs, or a standard task."""
+    from ..tasks import TASKS
+
     g = p.add_argument_group("inputs: clean and corrupted prompts of equal token lengths, paired")
     g.add_argument("--clean", action="append", default=[], metavar="TEXT", help="a clean prompt (repeat for more)")
     g.add_argument("--corrupted", action="append", default=[], metavar="TEXT", help="its corrupted partner")
     g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line")
     g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line")
-    g.add_argument("--task", choices=["induction"],
-                   help="built-in pairs instead: induction = [BOS] r r[:-1] vs the same with the first copy of the "
-                   "query token replaced (interp.probes.induction_pair)")
-    g.add_argument("--n", type=count("a number of prompts"), default=8, help="with --task: pairs (default 8)")
-    g.add_argument("--half", type=count("a length"), help="with --task: length of r (default: from the context window)")
-    g.add_argument("--seed", type=int, default=0, help="with --task: seed of the random tokens (default 0)")
-    m = p.add_argument_group("metric (default: logit of the clean run's top token minus the corrupted run's)")
+    t = g.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
+    t.add_argument("--task", choices=list(TASKS),
+                   help="induction: [BOS] r r[:-1], corrupted = another first half; induction-key: only the earlier "
+                   "copy of the query token replaced (interp.probes.induction_pair); ioi (Wang et al. 2022); "
+                   "greater-than (Hanna et al. 2023)")
+    t.add_argument("--n-prompts", type=count("a number of prompts"), default=8, help="with --task: pairs (default 8)")
+    t.add_argument("--half", type=count("a length"), help="with an induction task: length of r (default 20, or what "
+                   "the context window allows)")
+    t.add_argument("--seed", type=int, default=0, help="with --task: its random seed (default 0)")
+    m = p.add_argument_group("metric of prompt pairs (default: logit of the clean run's top token minus the "
+                             "corrupted run's; a --task brings its own)")
     m.add_argument("--target", help="token the clean run should predict (text of one token, or id:N)")
     m.add_argument("--contrast", help="token to compare it with (default: the corrupted run's top token)")
     m.add_argument("--position", type=int, default=-1,
@@ -31,10 +38,14 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
 def _check_pair(args) -> None:
     given = [bool(args.clean or args.corrupted), bool(args.clean_file or args.corrupted_file), args.task is not None]
     if sum(given) > 1:
-        raise InterpError("give prompts one way: --clean/--corrupted, --clean-file/--corrupted-file, or --task")
+        raise InterpError("give --task or prompts (--clean/--corrupted, --clean-file/--corrupted-file), not both")
     if args.task is None and args.half is not None:
-        raise InterpError("--half goes with --task")
+        raise InterpError("--half goes with --task induction or induction-key")
     if args.task is not None:
+        if args.half is not None and not args.task.startswith("induction"):
+            raise InterpError(f"--half goes with --task induction or induction-key, not {args.task}")
+        if args.target is not None or args.contrast is not None or args.position != -1:
+            raise InterpError("--task brings its own metric: leave out --target/--contrast/--position")
         return
     if bool(args.clean) != bool(args.corrupted) or bool(args.clean_file) != bool(args.corrupted_file):
         raise InterpError("give clean and corrupted prompts together: --clean with --corrupted, "
@@ -53,10 +64,14 @@ def _pair_and_metric(model, args):
     from ..patching import paired_batches
 
     if args.task is not None:
-        from ..probes import induction_pair
+        from ..tasks import TASKS
 
-        clean, corrupted = induction_pair(model, args.n, args.half, seed=args.seed)
-    elif args.clean_file:
+        extra = {"half": args.half} if args.half is not None else {}
+        task = TASKS[args.task](model, n_prompts=args.n_prompts, seed=args.seed, **extra)
+        cb, kb = paired_batches(model, task.clean, task.corrupted)
+        metric = metrics.resolve_metric(model, task.metric)
+        return cb, kb, metric, f"task {task.name} ({len(task)} pairs), metric {metric.name}"
+    if args.clean_file:
         clean, corrupted = read_lines(args.clean_file, "--clean-file"), read_lines(args.corrupted_file, "--corrupted-file")
         if len(clean) != len(corrupted):
             raise InterpError(f"--clean-file has {len(clean)} prompts but --corrupted-file has {len(corrupted)}: "

@@ -13,39 +13,10 @@ from .common import (Outputs, add_model_args, add_progress, count, load_model, p
 
 def _add_common(p: argparse.ArgumentParser, methods: list[str], default: str) -> None:
     _add_pair(p)
-    from ..tasks import TASKS
-
-    t = p.add_argument_group("or a standard task instead of prompt files (prompts and metric made for you)")
-    t.add_argument("--task", choices=list(TASKS), help="induction, ioi (Wang et al. 2022) or greater-than (Hanna et al. 2023)")
-    t.add_argument("--n-prompts", type=count("a number of prompts"), default=8, help="prompts the task makes (default 8)")
-    t.add_argument("--seed", type=int, default=0, help="the task's random seed (default 0)")
     p.add_argument("--method", choices=methods, default=default, help=f"how edges are scored (default {default})")
     p.add_argument("--steps", type=count("a number of steps"), default=5, help="EAP-IG interpolation steps (default 5)")
     add_model_args(p)
     add_progress(p)
-
-
-def _check_inputs(args) -> None:
-    if args.task is not None:
-        if args.clean or args.corrupted or args.clean_file or args.corrupted_file:
-            raise InterpError("give --task or prompts (--clean/--corrupted, --clean-file/--corrupted-file), not both")
-        if args.target is not None:
-            raise InterpError("--task brings its own metric: leave out --target/--contrast")
-        return
-    _check_pair(args)
-
-
-def _inputs(model, args):
-    """(clean, corrupted, metric, a sentence saying what the metric is)."""
-    if args.task is None:
-        return _pair_and_metric(model, args)
-    from ..metrics import contrast, resolve_metric
-    from ..tasks import TASKS
-
-    task = TASKS[args.task](model, n_prompts=args.n_prompts, seed=args.seed)
-    cb, kb = model.to_batch(task.clean), model.to_batch(task.corrupted)
-    metric = resolve_metric(model, task.metric) if task.metric is not None else contrast(model, cb, kb)
-    return cb, kb, metric, f"task {task.name} ({len(task)} prompts), metric {metric.name}"
 
 
 # ---------------------------------------------------------------------------- interp attribute
@@ -65,10 +36,10 @@ def add_attribute(sub) -> None:
 def run_attribute(args: argparse.Namespace) -> int:
     from ..attribution import attribute
 
-    _check_inputs(args)
+    _check_pair(args)
     out = Outputs(args, image=False)
     model = load_model(args)
-    cb, kb, metric, note = _inputs(model, args)
+    cb, kb, metric, note = _pair_and_metric(model, args)
     df = attribute(model, cb, kb, metric, level=args.level, method=args.method, steps=args.steps,
                    progress=progress(args))
     a = df.attrs
@@ -108,7 +79,7 @@ def run_circuit(args: argparse.Namespace) -> int:
     from ..discovery import circuit
     from ..export import check_target
 
-    _check_inputs(args)
+    _check_pair(args)
     if args.edges is not None and args.threshold is not None:
         raise InterpError("give --edges N (the top N) or --threshold T (|attribution| >= T), not both")
     if args.threshold is not None and args.threshold < 0:
@@ -122,7 +93,7 @@ def run_circuit(args: argparse.Namespace) -> int:
                 raise InterpError(f"{option} {path}: give a {suffix} file name")
     out = Outputs(argparse.Namespace(), table=False, image=False)
     model = load_model(args)
-    cb, kb, metric, note = _inputs(model, args)
+    cb, kb, metric, note = _pair_and_metric(model, args)
     c = circuit(model, cb, kb, metric, method=args.method, steps=args.steps, edges=args.edges,
                 threshold=args.threshold, ablation=args.ablation, prune=args.prune, tolerance=args.tolerance,
                 progress=progress(args))
