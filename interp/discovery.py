@@ -46,6 +46,7 @@ from .patching import paired_batches
 
 __all__ = ["circuit", "faithfulness", "Circuit"]
 
+
 @dataclass
 class Circuit:
     """A discovered circuit: its edges (attributed and exact), nodes and faithfulness.
@@ -101,6 +102,10 @@ class Circuit:
         from .report.circuit import circuit_html
 
         return circuit_html(self)
+
+    def _repr_svg_(self) -> str:
+        """Jupyter shows a circuit as its picture."""
+        return self.svg()
 
     def __repr__(self) -> str:
         return (f"Circuit({self.model}: {self.n_edges} edges, {self.n_nodes} nodes, faithfulness "

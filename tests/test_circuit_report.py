@@ -34,6 +34,7 @@ def found(files):
 
 
 def test_svg_draws_each_edge_by_its_effect_and_each_input(found):
+    assert found._repr_svg_() == found.svg()  # what a notebook shows
     root = ET.fromstring(found.svg())
     edges = root.findall(f"{SVG}g[@class='edge']")
     assert sorted(e.get("data-edge") for e in edges) == sorted(found.edges["edge"])
