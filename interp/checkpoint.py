@@ -23,6 +23,7 @@ These are raw (Hugging Face's) weights; :mod:`interp.folding` folds LayerNorm in
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -169,13 +170,15 @@ Reader = Callable[[Tensor], None]
 
 def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Shape, *, dtype: torch.dtype,
                  device: torch.device, where: str,
+                 after_embeddings: Optional[Callable[[dict], None]] = None,
                  after_layer: Optional[Callable[[dict, int], None]] = None) -> dict[str, Tensor]:
     """Fill the stacked layout from a checkpoint's tensors, refusing any missing or unexpected one.
 
     ``source`` maps each tensor name in the checkpoint to its shape and a function that writes
     the tensor into a given tensor of that shape (converting its dtype if needed).
-    ``after_layer(weights, layer)`` runs as soon as a layer is read, while its tensors are still
-    in the CPU's caches (folding LayerNorm, say).
+    The embeddings, the final LayerNorm and the unembedding are read first, then
+    ``after_embeddings(weights)`` runs; ``after_layer(weights, layer)`` runs as soon as a layer is
+    read (folding LayerNorm, say, possibly on another thread while the next layer is read).
     """
     names = [n for n in source if not _IGNORED.match(n)]
     prefix = "transformer." if any(n.startswith("transformer.") for n in names) else ""
@@ -208,6 +211,16 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
 
     read("wte.weight", w["W_E"])
     read("wpe.weight", w["W_pos"])
+    read("ln_f.weight", w["lnf_w"])
+    read("ln_f.bias", w["lnf_b"])
+    if s.tied:
+        w["W_U"] = w["W_E"].T  # a view, as in Hugging Face's tied model
+    else:
+        # lm_head.weight is [d_vocab, d_model]; W_U is its transpose (kept as a view: no copy).
+        w["W_U"] = read("lm_head.weight", torch.empty(s.d_vocab, s.d_model, dtype=dtype, device=device)).T
+    w["b_U"].zero_()  # GPT-2's unembedding has no bias
+    if after_embeddings is not None:
+        after_embeddings(w)
     for i in range(s.n_layers):
         h = f"h.{i}."
         read(h + "ln_1.weight", w["ln1_w"][i])
@@ -224,20 +237,18 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
         read(h + "mlp.c_proj.bias", w["b_out"][i])
         if after_layer is not None:
             after_layer(w, i)
-    read("ln_f.weight", w["lnf_w"])
-    read("ln_f.bias", w["lnf_b"])
-    if s.tied:
-        w["W_U"] = w["W_E"].T  # a view, as in Hugging Face's tied model
-    else:
-        # lm_head.weight is [d_vocab, d_model]; W_U is its transpose (kept as a view: no copy).
-        w["W_U"] = read("lm_head.weight", torch.empty(s.d_vocab, s.d_model, dtype=dtype, device=device)).T
-    w["b_U"].zero_()  # GPT-2's unembedding has no bias
     return attention_views(w, s.n_heads)
 
 
 # ---------------------------------------------------------------------------- sources
 class SafetensorsFile:
-    """One ``.safetensors`` file: its header, and each tensor read with ``readinto`` where it is wanted."""
+    """One ``.safetensors`` file: its header, and each tensor copied from a memory map to where it is wanted.
+
+    A private read-only use of the map: each tensor is copied (and converted, if its dtype differs)
+    straight into its destination, then its pages are dropped from the process (``MADV_DONTNEED``),
+    so loading never holds the file's pages and the model at once. Copying from the page cache this
+    way is ~1.5× faster here than ``readinto``.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -271,21 +282,26 @@ class SafetensorsFile:
         dtype, shape, start, end = self.tensors[name]
 
         def read(out: Tensor) -> None:
-            direct = out.dtype == dtype and out.is_contiguous() and out.device.type == "cpu"
-            dest = out if direct else torch.empty(shape, dtype=dtype)
-            view = memoryview(dest.view(torch.uint8).numpy()).cast("B") if dest.numel() else memoryview(b"")
-            with open(self.path, "rb", buffering=0) as f:
-                f.seek(self.data_start + start)
-                got = 0
-                while got < end - start:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise InterpError(f"{self.path}: tensor {name} is cut short (file truncated?)")
-                    got += n
-            if not direct:
-                out.copy_(dest.view(out.shape))
+            if end == start:
+                return
+            m = self._map()
+            offset = self.data_start + start
+            if offset + (end - start) > len(m):
+                raise InterpError(f"{self.path}: tensor {name} is cut short (file truncated?)")
+            src = torch.frombuffer(m, dtype=dtype, count=(end - start) // dtype.itemsize, offset=offset)
+            out.copy_(src.view(out.shape))
+            del src
+            page = offset - offset % mmap.PAGESIZE
+            if hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED, page, offset + (end - start) - page)
 
         return read
+
+    def _map(self) -> mmap.mmap:
+        if getattr(self, "_mm", None) is None:
+            with open(self.path, "rb") as f:  # the map outlives the file object
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._mm
 
 
 def safetensors_source(path: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:

@@ -24,7 +24,7 @@ Everything is done in place, one layer at a time (:func:`fold_layer`, which the 
 as each layer is read), on the fused layout the model runs (``W_qkv`` is ``c_attn``'s
 ``[d_model, 3·d_model]``: centring ``W_Q``'s rows over d_model is centring ``c_attn``'s
 columns). Means come from matrix-vector products and each weight is rewritten in one fused
-pass, so folding GPT-2 small costs a fraction of reading it and no second copy of the model:
+pass, so folding GPT-2 small costs less than reading it, and no second copy of the model:
 only the unembedding, tied to the embedding in GPT-2, becomes a tensor of its own.
 """
 
@@ -98,27 +98,41 @@ def _centre_rows(x: Tensor) -> None:
     x.sub_((x @ ones).unsqueeze(-1))
 
 
-def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor) -> Tensor:
+def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor, rows: int = 4096) -> Tensor:
     """``ln_final`` folded into a new ``W_U`` (a ``[d_model, d_vocab]`` view of ``[d_vocab, d_model]`` memory), centred.
 
     Works on ``U = W_Uᵀ`` (GPT-2's ``[d_vocab, d_model]`` layout, rows contiguous): ``b_U += Uβ``,
     ``U' = U diag(γ)``, each row centred over d_model, then each column over the vocabulary (logits
-    shift by a constant per position); ``b_U`` centred. The means come from matrix-vector products
-    with the raw ``U``, so the new tensor is written in two passes and the raw one only read.
+    shift by a constant per position); ``b_U`` centred. Two passes over ``U``, a block of rows at a
+    time while it is in the CPU's caches: the first gathers ``Uγ``, ``Uβ`` (summed pairwise, see
+    :func:`_fold_reader`) and the column sums; the second writes the new tensor. The raw ``U`` is
+    only read.
     """
     dtype = W_U.dtype if W_U.dtype in (torch.float32, torch.float64) else torch.float32
-    U = W_U.T.to(dtype)
+    U = W_U.T
     V, M = U.shape
     gain, bias = ln_w.to(dtype), ln_b.to(dtype)
-    Ug = U @ gain                                       # [V]: U γ
+    Ug = torch.empty(V, dtype=dtype, device=U.device)   # U γ
+    Ub = torch.empty(V, dtype=dtype, device=U.device)   # U β
+    colsum = torch.zeros(M, dtype=dtype, device=U.device)
+    buf = torch.empty(min(rows, V), M, dtype=dtype, device=U.device)
+    for i in range(0, V, rows):
+        j = min(i + rows, V)
+        Uc = U[i:j].to(dtype)
+        torch.mv(Uc, gain, out=Ug[i:j])
+        torch.mul(Uc, bias, out=buf[: j - i])
+        torch.sum(buf[: j - i], -1, out=Ub[i:j])
+        colsum += Uc.sum(0)
     with _work(b_U) as b:
-        b.add_((U * bias).sum(-1))                      # U β, summed pairwise (see _fold_reader)
+        b.add_(Ub)
         b.sub_(b.mean())
     row = Ug / M                                        # the mean over d_model of each row of U diag(γ)
-    col = (U.sum(0) * gain - Ug.sum() / M) / V          # then the mean over the vocabulary of each column
+    col = (colsum * gain - Ug.sum() / M) / V            # then the mean over the vocabulary of each column
     out = torch.empty((V, M), dtype=dtype, device=U.device)
-    torch.addcmul(-col, U, gain, out=out)
-    out.sub_(row[:, None])
+    for i in range(0, V, rows):
+        j = min(i + rows, V)
+        torch.addcmul(-col, U[i:j].to(dtype), gain, out=out[i:j])
+        out[i:j].sub_(row[i:j, None])
     return out.to(W_U.dtype).T
 
 

@@ -10,6 +10,12 @@ the same weights (checked), for TransformerLens's own tools and parity tests.
 
 Hooks use TransformerLens's names (see :mod:`interp.hooks`). A hook function is
 called as ``fn(activation, name)`` and may return a replacement tensor.
+
+Why one module of ~550 lines: it is one object — its weights, the inputs it accepts, its
+scoped hooks, the forward pass that fires them and the factored circuits read from its
+weights — and every part reads the others' private state (the fused ``W_qkv``, the hook
+table). What is not the object lives beside it: the bridge's names and check
+(:mod:`interp.bridge`), caches (:mod:`interp.cache`), hook names (:mod:`interp.hooks`).
 """
 
 from __future__ import annotations
@@ -149,9 +155,9 @@ class HookedGPT2:
     @classmethod
     def from_bridge(cls, bridge, cfg: ModelConfig) -> "HookedGPT2":
         """Take the weights (and tokenizer) of a TransformerBridge, which stays ``model.bridge``."""
-        p = {k: v.detach() for k, v in bridge.tl_parameters().items()}
-        return cls({ours: _stack(p, theirs, cfg.n_layers) for ours, theirs in TL_NAMES.items()}, cfg,
-                   bridge.tokenizer, bridge=bridge)
+        from .bridge import bridge_weights
+
+        return cls(bridge_weights(bridge, cfg.n_layers), cfg, bridge.tokenizer, bridge=bridge)
 
     @property
     def bridge(self):
@@ -164,6 +170,8 @@ class HookedGPT2:
         if self._bridge is None:
             raise InterpError("this model has no TransformerBridge (it was built from weights alone)")
         if callable(self._bridge) and not hasattr(self._bridge, "tl_parameters"):
+            from .bridge import check_same_weights
+
             bridge = self._bridge()
             check_same_weights(self, bridge)
             self._bridge = bridge
@@ -172,6 +180,8 @@ class HookedGPT2:
     def weights(self) -> dict[str, Tensor]:
         """Every weight, stacked over layers, by name (``W_Q``, ``b_V``, ``ln1_w``, …, and the fused ``W_qkv``,
         ``b_qkv`` the forward pass runs): the layout ``__init__`` takes."""
+        from .bridge import TL_NAMES
+
         return {**{k: getattr(self, k) for k in TL_NAMES}, "W_qkv": self._W_qkv, "b_qkv": self._b_qkv}
 
     def __repr__(self) -> str:
@@ -496,48 +506,6 @@ class HookedGPT2:
 
         self.check_head(layer, head)
         return FactoredMatrix(self.W_E @ self.W_V[layer, head], self.W_O[layer, head] @ self.W_U)
-
-
-#: Our stacked weight names -> TransformerLens's per-layer (``blocks.{L}.``) or global parameter names.
-TL_NAMES = {
-    "W_E": "embed.W_E", "W_pos": "pos_embed.W_pos",
-    **{f"{w}_{x}": f"attn.{w}_{x}" for w in "Wb" for x in "QKVO"},
-    "W_in": "mlp.W_in", "b_in": "mlp.b_in", "W_out": "mlp.W_out", "b_out": "mlp.b_out",
-    "ln1_w": "ln1.w", "ln1_b": "ln1.b", "ln2_w": "ln2.w", "ln2_b": "ln2.b",
-    "lnf_w": "ln_final.w", "lnf_b": "ln_final.b", "W_U": "unembed.W_U", "b_U": "unembed.b_U",
-}
-
-
-def _stack(p: dict, name: str, n_layers: int) -> Tensor:
-    if name in p:
-        return p[name]
-    return torch.stack([p[f"blocks.{i}.{name}"] for i in range(n_layers)]).contiguous()
-
-
-def check_same_weights(model: "HookedGPT2", bridge, atol: Optional[float] = None) -> float:
-    """Largest difference between the model's weights and a bridge's; an error above ``atol``.
-
-    ``atol`` defaults to 1e-5 (relative to each weight's scale) in float32 and float64 — the
-    bridge folds in float32, interp in float64 — and to two units of the last place below float32.
-    """
-    theirs = {k: v.detach() for k, v in bridge.tl_parameters().items()}
-    eps = torch.finfo(model.cfg.dtype).eps
-    if atol is None:
-        atol = 1e-5 if eps <= torch.finfo(torch.float32).eps else 2 * eps
-    worst = 0.0
-    for ours, name in TL_NAMES.items():
-        a, b = getattr(model, ours), _stack(theirs, name, model.cfg.n_layers).to(model.cfg.dtype)
-        if a.shape != b.shape:
-            raise InterpError(f"model.bridge's {name} has shape {tuple(b.shape)}, the model's {ours} {tuple(a.shape)}")
-        diff = float((a - b).abs().max()) if a.numel() else 0.0
-        scale = max(1.0, float(b.abs().max()) if b.numel() else 0.0)
-        if not diff <= atol * scale:
-            raise InterpError(
-                f"model.bridge does not hold the model's weights: {ours} differs by {diff:.3g} "
-                "(was the model object changed after interp.load?)"
-            )
-        worst = max(worst, diff / scale)
-    return worst
 
 
 class _Stopped(Exception):

@@ -5,7 +5,7 @@ import torch
 
 import interp
 from interp.folding import fold_layer_norm
-from interp.model import TL_NAMES, _stack
+from interp.bridge import TL_NAMES, bridge_weights
 
 from conftest import noisy_hf_model
 
@@ -24,8 +24,7 @@ def boot_reference(hf_model, tok, fold_ln: bool):
     )
     if fold_ln:
         bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
-    return {ours: _stack({k: v.detach() for k, v in bridge.tl_parameters().items()}, theirs, len(hf_model.transformer.h))
-            for ours, theirs in TL_NAMES.items()}
+    return bridge_weights(bridge, len(hf_model.transformer.h))
 
 
 def exact_fold(hf_model) -> dict:
@@ -139,7 +138,7 @@ def test_fold_is_in_place_and_breaks_the_tie(gpt2_small_hf):
 
 def test_model_bridge_holds_the_models_weights(small_folded):
     """The lazily booted bridge is checked against the model: changing the source afterwards is caught."""
-    from interp.model import check_same_weights
+    from interp.bridge import check_same_weights
 
     assert check_same_weights(small_folded, small_folded.bridge) < 1e-6
 
