@@ -164,21 +164,26 @@ def checkpoint_shapes(s: GPT2Shape, prefix: str = "") -> dict[str, tuple[int, ..
     return out
 
 
-# A source of named tensors: names -> (shape, read(out) that fills a tensor of that shape).
-Reader = Callable[[Tensor], None]
+# A source of named tensors: names -> (shape, read(out, write=None) that fills a tensor of that shape:
+# a copy, or ``write(src, out)`` from the stored tensor ``src`` (a view of the file where it can be).
+Reader = Callable[..., None]
 
 
 def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Shape, *, dtype: torch.dtype,
                  device: torch.device, where: str,
                  after_embeddings: Optional[Callable[[dict], None]] = None,
-                 after_layer: Optional[Callable[[dict, int], None]] = None) -> dict[str, Tensor]:
+                 after_layer: Optional[Callable[[dict, int], None]] = None,
+                 write: Optional[Callable[[str, dict, int, Tensor, Tensor], None]] = None) -> dict[str, Tensor]:
     """Fill the stacked layout from a checkpoint's tensors, refusing any missing or unexpected one.
 
     ``source`` maps each tensor name in the checkpoint to its shape and a function that writes
     the tensor into a given tensor of that shape (converting its dtype if needed).
     The embeddings, the final LayerNorm and the unembedding are read first, then
     ``after_embeddings(weights)`` runs; ``after_layer(weights, layer)`` runs as soon as a layer is
-    read (folding LayerNorm, say, possibly on another thread while the next layer is read).
+    read (folding LayerNorm, say). ``write(key, weights, layer, src, out)``, if given, writes each
+    layer's ``W_qkv``, ``W_O``, ``W_in`` and ``W_out`` from the checkpoint's tensor ``src`` in place
+    of a plain copy (folding on the way: one pass over the data instead of a copy and a fold); the
+    layer's LayerNorm and biases are read before.
     """
     names = [n for n in source if not _IGNORED.match(n)]
     prefix = "transformer." if any(n.startswith("transformer.") for n in names) else ""
@@ -205,8 +210,9 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
 
     w = empty_weights(s, dtype, device)
 
-    def read(name: str, out: Tensor) -> Tensor:
-        source[prefix + name if not name.startswith("lm_head") else name][1](out)
+    def read(name: str, out: Tensor, key: Optional[str] = None, layer: int = 0) -> Tensor:
+        fused = None if write is None or key is None else (lambda src, out: write(key, w, layer, src, out))
+        source[prefix + name if not name.startswith("lm_head") else name][1](out, fused)
         return out
 
     read("wte.weight", w["W_E"])
@@ -225,22 +231,26 @@ def read_weights(source: Mapping[str, tuple[tuple[int, ...], Reader]], s: GPT2Sh
         h = f"h.{i}."
         read(h + "ln_1.weight", w["ln1_w"][i])
         read(h + "ln_1.bias", w["ln1_b"][i])
-        read(h + "attn.c_attn.weight", w["W_qkv"][i])
         read(h + "attn.c_attn.bias", w["b_qkv"][i])
-        read(h + "attn.c_proj.weight", w["W_O"][i].view(s.d_model, s.d_model))  # [H·D, M]: rows are heads' d_head blocks
+        read(h + "attn.c_attn.weight", w["W_qkv"][i], "W_qkv", i)
         read(h + "attn.c_proj.bias", w["b_O"][i])
+        read(h + "attn.c_proj.weight", w["W_O"][i].view(s.d_model, s.d_model), "W_O", i)  # [H·D, M]: heads' d_head rows
         read(h + "ln_2.weight", w["ln2_w"][i])
         read(h + "ln_2.bias", w["ln2_b"][i])
-        read(h + "mlp.c_fc.weight", w["W_in"][i])
         read(h + "mlp.c_fc.bias", w["b_in"][i])
-        read(h + "mlp.c_proj.weight", w["W_out"][i])
+        read(h + "mlp.c_fc.weight", w["W_in"][i], "W_in", i)
         read(h + "mlp.c_proj.bias", w["b_out"][i])
+        read(h + "mlp.c_proj.weight", w["W_out"][i], "W_out", i)
         if after_layer is not None:
             after_layer(w, i)
     return attention_views(w, s.n_heads)
 
 
 # ---------------------------------------------------------------------------- sources
+def _copy(src: Tensor, out: Tensor) -> None:
+    out.copy_(src)
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file: its header, and each tensor copied from a memory map to where it is wanted.
 
@@ -281,7 +291,7 @@ class SafetensorsFile:
     def reader(self, name: str) -> Reader:
         dtype, shape, start, end = self.tensors[name]
 
-        def read(out: Tensor) -> None:
+        def read(out: Tensor, write: Optional[Callable[[Tensor, Tensor], None]] = None) -> None:
             if end == start:
                 return
             m = self._map()
@@ -289,7 +299,7 @@ class SafetensorsFile:
             if offset + (end - start) > len(m):
                 raise InterpError(f"{self.path}: tensor {name} is cut short (file truncated?)")
             src = torch.frombuffer(m, dtype=dtype, count=(end - start) // dtype.itemsize, offset=offset)
-            out.copy_(src.view(out.shape))
+            (write or _copy)(src.view(out.shape), out)
             del src
             page = offset - offset % mmap.PAGESIZE
             if hasattr(m, "madvise"):
@@ -324,7 +334,7 @@ def tensors_source(tensors: Mapping[str, Tensor]) -> dict[str, tuple[tuple[int, 
     """A state dict (``torch.load``'s, or a model object's) as a source."""
 
     def reader(t: Tensor) -> Reader:
-        return lambda out: out.copy_(t.detach().reshape(out.shape))
+        return lambda out, write=None: (write or _copy)(t.detach().reshape(out.shape), out)
 
     return {name: (tuple(t.shape), reader(t)) for name, t in tensors.items()}
 

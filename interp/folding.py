@@ -55,50 +55,83 @@ def fold_layer_norm(w: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def fold_layer(w: dict[str, Tensor], layer: int) -> None:
-    """One block: ln1 into ``W_qkv``/``b_qkv``, ln2 into ``W_in``/``b_in``; ``W_O``, ``W_out`` and biases centred."""
-    for W, b, ln in (("W_qkv", "b_qkv", "ln1"), ("W_in", "b_in", "ln2")):
-        with _work(w[W][layer]) as Wl, _work(w[b][layer]) as bl:
-            _fold_reader(Wl, bl, w[f"{ln}_w"][layer].to(Wl.dtype), w[f"{ln}_b"][layer].to(Wl.dtype))
+    """One block, in place: ln1 into ``W_qkv``/``b_qkv``, ln2 into ``W_in``/``b_in``; ``W_O``, ``W_out`` and biases centred."""
+    for key in _FUSED:
+        write_folded(key, w, layer, w[key][layer], w[key][layer])
+    finish_layer(w, layer)
+
+
+#: The weights :func:`write_folded` writes (the loader fuses them with reading the checkpoint).
+_FUSED = ("W_qkv", "W_in", "W_O", "W_out")
+
+
+def write_folded(key: str, w: dict[str, Tensor], layer: int, src: Tensor, out: Tensor) -> None:
+    """Write ``w[key][layer]`` folded (``W_qkv``, ``W_in``) or centred (``W_O``, ``W_out``) from ``src``.
+
+    ``src`` holds the raw weight (``out`` itself, or the checkpoint's tensor being read: one pass
+    over the data instead of a copy and then a fold); a reader's bias and LayerNorm must be in ``w``
+    already (the bias receives ``β·W``). Finish the layer with :func:`finish_layer`.
+    """
+    dtype = out.dtype if out.dtype in (torch.float32, torch.float64) else torch.float32
+    x = src.to(dtype).reshape(out.shape)
+    target = out if out.dtype == dtype else torch.empty_like(out, dtype=dtype)
+    if key in ("W_qkv", "W_in"):
+        ln, b = ("ln1", "b_qkv") if key == "W_qkv" else ("ln2", "b_in")
+        with _work(w[b][layer]) as bl:
+            _fold_reader(x, target, bl, w[f"{ln}_w"][layer].to(dtype), w[f"{ln}_b"][layer].to(dtype))
+    else:  # W_O [n_heads, d_head, d_model] (or its [H·D, d_model] view) and W_out: over d_model
+        _centre_rows(x, target)
+    if target is not out:
+        out.copy_(target)
+
+
+def finish_layer(w: dict[str, Tensor], layer: int) -> None:
+    """After :func:`write_folded` of a layer's four weights: LayerNorms set to identity, ``b_O``, ``b_out`` centred."""
+    for ln in ("ln1", "ln2"):
         w[f"{ln}_w"][layer] = 1.0
         w[f"{ln}_b"][layer] = 0.0
-    for key in ("W_O", "W_out", "b_O", "b_out"):  # writing weights and biases, over their last dim
+    for key in ("b_O", "b_out"):
         with _work(w[key][layer]) as x:
-            _centre_rows(x)
+            _centre_rows(x, x)
 
 
 def fold_embeddings(w: dict[str, Tensor]) -> dict[str, Tensor]:
     """ln_final into a new ``W_U`` and ``b_U``, centred; ``W_E`` and ``W_pos`` centred. Returns ``w``."""
-    # The unembedding first: in a tied model the raw W_U is W_E.T, which centring W_E would change.
-    w["W_U"] = _fold_unembed(w["W_U"], w["b_U"], w["lnf_w"], w["lnf_b"])
+    # The unembedding first: in a tied model the raw W_U is W_E.T, which centring W_E would change;
+    # there the unembedding's last pass centres W_E's rows too, each block right after reading it.
+    tied = w["W_U"].T.data_ptr() == w["W_E"].data_ptr() and w["W_U"].T.shape == w["W_E"].shape
+    w["W_U"] = _fold_unembed(w["W_U"], w["b_U"], w["lnf_w"], w["lnf_b"], centre_source=tied)
     w["lnf_w"].fill_(1.0)
     w["lnf_b"].zero_()
-    for key in ("W_E", "W_pos"):
+    for key in ("W_pos",) if tied else ("W_E", "W_pos"):
         with _work(w[key]) as x:
-            _centre_rows(x)
+            _centre_rows(x, x)
     return w
 
 
-def _fold_reader(W: Tensor, b: Tensor, gain: Tensor, bias: Tensor) -> None:
-    """A weight ``[d_model, out]`` reading a LayerNorm: ``b += βW``, ``W ← diag(γ)W`` centred over d_model.
+def _fold_reader(W: Tensor, out: Tensor, b: Tensor, gain: Tensor, bias: Tensor) -> None:
+    """A weight ``W`` ``[d_model, out]`` reading a LayerNorm: ``b += βW``, ``out = diag(γ)W`` centred over d_model.
 
     The column means of ``diag(γ)W`` are ``γW / d_model`` (a matrix-vector product), so one fused
-    pass (``addcmul``) rewrites ``W``. ``βW`` goes into the bias as TransformerLens computes it, a
-    pairwise sum of products: a BLAS matrix-vector product, summing sequentially, is ~5× less exact.
+    pass (``addcmul``) writes ``out`` (which may be ``W`` itself). ``βW`` goes into the bias as
+    TransformerLens computes it, a pairwise sum of products: a BLAS matrix-vector product, summing
+    sequentially, is ~5× less exact.
     """
     b.add_((W * bias[:, None]).sum(0))
-    torch.addcmul((gain @ W).div_(-W.shape[0]), W, gain[:, None], out=W)
+    torch.addcmul((gain @ W).div_(-W.shape[0]), W, gain[:, None], out=out)
 
 
-def _centre_rows(x: Tensor) -> None:
-    """Subtract from every vector along the last dimension its mean (a matrix-vector product, one pass)."""
+def _centre_rows(x: Tensor, out: Tensor) -> None:
+    """``out`` = every vector of ``x`` along the last dimension minus its mean (a matrix-vector product, one pass)."""
     if x.ndim == 1:
-        x.sub_(x.mean())
+        torch.sub(x, x.mean(), out=out)
         return
     ones = torch.full((x.shape[-1],), 1.0 / x.shape[-1], dtype=x.dtype, device=x.device)
-    x.sub_((x @ ones).unsqueeze(-1))
+    torch.sub(x, (x @ ones).unsqueeze(-1), out=out)
 
 
-def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor, rows: int = 4096) -> Tensor:
+def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor, rows: int = 4096, *,
+                  centre_source: bool = False) -> Tensor:
     """``ln_final`` folded into a new ``W_U`` (a ``[d_model, d_vocab]`` view of ``[d_vocab, d_model]`` memory), centred.
 
     Works on ``U = W_Uᵀ`` (GPT-2's ``[d_vocab, d_model]`` layout, rows contiguous): ``b_U += Uβ``,
@@ -106,7 +139,8 @@ def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor, rows: in
     shift by a constant per position); ``b_U`` centred. Two passes over ``U``, a block of rows at a
     time while it is in the CPU's caches: the first gathers ``Uγ``, ``Uβ`` (summed pairwise, see
     :func:`_fold_reader`) and the column sums; the second writes the new tensor. The raw ``U`` is
-    only read.
+    only read, unless ``centre_source`` (``U`` is the embedding ``W_E`` of a tied model): then the
+    second pass also centres each block of ``U``'s rows once it has been used.
     """
     dtype = W_U.dtype if W_U.dtype in (torch.float32, torch.float64) else torch.float32
     U = W_U.T
@@ -133,6 +167,9 @@ def _fold_unembed(W_U: Tensor, b_U: Tensor, ln_w: Tensor, ln_b: Tensor, rows: in
         j = min(i + rows, V)
         torch.addcmul(-col, U[i:j].to(dtype), gain, out=out[i:j])
         out[i:j].sub_(row[i:j, None])
+        if centre_source:
+            with _work(U[i:j]) as block:
+                _centre_rows(block, block)
     return out.to(W_U.dtype).T
 
 
@@ -147,4 +184,4 @@ def _work(x: Tensor) -> Iterator[Tensor]:
         x.copy_(y)
 
 
-__all__ = ["fold_layer_norm", "fold_layer", "fold_embeddings"]
+__all__ = ["fold_layer_norm", "fold_layer", "fold_embeddings", "write_folded", "finish_layer"]

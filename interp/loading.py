@@ -85,13 +85,15 @@ def load(
     source, shape, tok, name, boot = _resolve(spec, tokenizer, dt, dev, fold_ln)
     from . import folding
 
-    # Each piece is folded as soon as it is read, while it is still in the CPU's caches. Reading
+    # Each weight is folded as it is read (one pass from the file's pages), embeddings and biases
+    # just after, while they are still in the CPU's caches. Reading
     # (a copy out of the page cache) and folding (a few fused passes) use torch's threads: on two
     # cores that is ~1.4x faster than one thread, and threads that run on separate Python threads
     # side by side were slower still (measured for `interp bench --only startup`).
     weights = ckpt.read_weights(source, shape, dtype=dt, device=dev, where=name,
                                 after_embeddings=folding.fold_embeddings if fold_ln else None,
-                                after_layer=folding.fold_layer if fold_ln else None)
+                                write=folding.write_folded if fold_ln else None,
+                                after_layer=folding.finish_layer if fold_ln else None)
     del source
     cfg = ModelConfig(
         name=name, n_layers=shape.n_layers, n_heads=shape.n_heads, d_model=shape.d_model, d_head=shape.d_head,
