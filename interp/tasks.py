@@ -4,7 +4,7 @@ Each generator takes the model (for its tokenizer) and returns a :class:`Task`: 
 corrupted prompts paired by row (each pair tokenizes to the same length, checked), the task's
 metric, and the circuit the literature found in GPT-2 small (:data:`PUBLISHED`). GPT-2's weights
 cannot be downloaded where interp is built, so these circuits are quoted, not reproduced here;
-with a local copy of GPT-2 (README, "Working offline with GPT-2") run for example
+with a local copy of GPT-2 (docs/models.md, "Loading GPT-2") run for example
 ``interp circuit --task ioi --model ./gpt2-local --out ioi.json --svg ioi.svg``.
 
 ``induction``
