@@ -41,7 +41,7 @@ from . import hooks as hk
 from .errors import InterpError
 from .gradients import layer_norm_backward, read_gradients
 from .graph import Graph
-from .metrics import Metric, resolve_metric
+from .metrics import Metric, pair_metric
 from .patching import paired_batches
 from .tokens import Batch
 
@@ -275,11 +275,7 @@ def attribute(
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise InterpError(f"chunk_tokens must be a positive int, not {chunk_tokens!r}")
     cb, kb = paired_batches(model, clean, corrupted)
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     s = compute_scores(model, cb, kb, metric, level=level, method=method, steps=steps, chunk_tokens=chunk_tokens,
                        progress=progress)
     df = node_table(s) if level == "node" else edge_table(s)

@@ -41,7 +41,7 @@ from .attribution import check_method, compute_scores, edge_table, sender_output
 from .edge_patching import check_ablation, circuit_value, edge_effects, replacements
 from .errors import InterpError
 from .graph import Graph
-from .metrics import resolve_metric
+from .metrics import pair_metric
 from .patching import paired_batches
 
 __all__ = ["circuit", "faithfulness", "Circuit"]
@@ -197,11 +197,7 @@ def circuit(
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise InterpError(f"tolerance must be a number ≥ 0, not {tolerance!r}")
     cb, kb = paired_batches(model, clean, corrupted)
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     scores = compute_scores(model, cb, kb, metric, method=method, steps=steps, chunk_tokens=chunk_tokens,
                             progress=progress)
     span = scores.clean - scores.corrupted
@@ -274,11 +270,7 @@ def faithfulness(model, clean: Any, corrupted: Any, edges: Any, metric: Any = No
     """
     ablation = check_ablation(ablation)
     cb, kb = paired_batches(model, clean, corrupted)
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     g = Graph(model.cfg.n_layers, model.cfg.n_heads)
     kept = torch.zeros_like(g.valid)
     for e in ([edges] if isinstance(edges, str) else edges):

@@ -152,8 +152,7 @@ def edge_effects(model, kb: Batch, metric: Metric, pairs: list[tuple[int, int]],
                     final = model.forward(start, start_at_layer=layer, start_at_mid=is_mlp, unembed=False,
                                           attention_mask=kb.attention_mask.repeat(V, 1),
                                           hooks=_feed_hooks(model, layer, is_mlp, recv, fed, B))
-                for j, k in enumerate(chunk):
-                    out[k] = float(metric.from_resid(model, final[j * B : (j + 1) * B], kb))
+                out.update(zip(chunk, metric.from_stacked_resid(model, final, kb)))
                 if bar is not None:
                     bar.update(V)
     return [out[k] for k in range(len(pairs))]

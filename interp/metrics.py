@@ -31,9 +31,9 @@ from . import select
 from .errors import InterpError
 from .tokens import Batch
 
-__all__ = ["Metric", "Loss", "LogitDiff", "Prob", "Custom", "token_loss", "resolve_metric", "contrast"]
+__all__ = ["Metric", "Loss", "LogitDiff", "Prob", "Custom", "token_loss", "resolve_metric", "contrast", "pair_metric"]
 
-#: Rows of the logits a loss computes at once: 1024 × 50257 float32 logits are ~200 MB.
+#: Rows of the logits a metric computes at once: 1024 × 50257 float32 logits are ~200 MB.
 LOSS_CHUNK_ROWS = 1024
 
 
@@ -69,6 +69,30 @@ class Metric:
         if pos is None:
             return self.value(model.unembed(resid), batch)
         return self.value(model.unembed(resid[torch.arange(len(batch)), pos]), batch)
+
+    def from_stacked_resid(self, model, resid: Float[Tensor, "stacked pos d_model"], batch: Batch) -> list[float]:
+        """The metric of each of several runs of ``batch`` stacked along the batch (run ``v`` in rows
+        ``v·B … (v+1)·B``), as the scans and patching produce them.
+
+        A metric that reads one position per prompt unembeds those rows of every run together
+        (:meth:`from_stacked_rows`): one pass over ``W_U`` for many runs instead of one per run,
+        which for a few prompts is most of the cost of a patched run. Others go run by run.
+        """
+        B = len(batch)
+        pos = self.positions(batch)
+        if pos is None:
+            return [float(self.from_resid(model, resid[v * B : (v + 1) * B], batch)) for v in range(len(resid) // B)]
+        return self.from_stacked_rows(model, resid[torch.arange(len(resid)), pos.repeat(len(resid) // B)], batch)
+
+    def from_stacked_rows(self, model, rows: Float[Tensor, "stacked d_model"], batch: Batch) -> list[float]:
+        """As :meth:`from_stacked_resid`, given only the residual stream at :meth:`positions` (``[V·B, d_model]``)."""
+        B = len(batch)
+        out: list[float] = []
+        step = max(1, LOSS_CHUNK_ROWS // B) * B  # whole runs per unembedding, the logits' memory bounded
+        for start in range(0, len(rows), step):
+            logits = model.unembed(rows[start : start + step])
+            out += [float(self.value(logits[k : k + B], batch)) for k in range(0, len(logits), B)]
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -305,6 +329,12 @@ def _describe(x: Any) -> str:
     if isinstance(x, (list, tuple)) and len(x) > 3:
         return f"{len(x)} items"
     return repr(x) if isinstance(x, str) else str(x)
+
+
+def pair_metric(model, clean: Any, corrupted: Any, metric: Any = None) -> Metric:
+    """The metric of a clean/corrupted comparison, ready to use: :func:`resolve_metric` of ``metric``, or
+    :func:`contrast` of the two runs when it is None (the default of patching, path patching, attribution)."""
+    return resolve_metric(model, contrast(model, clean, corrupted) if metric is None else metric)
 
 
 def contrast(model, clean: Any, corrupted: Any, position: int = -1) -> Metric:

@@ -37,7 +37,7 @@ from torch import Tensor
 from . import hooks as hk
 from . import select
 from .errors import InterpError
-from .metrics import Metric, resolve_metric
+from .metrics import Metric, pair_metric
 from .model import HookedGPT2
 from .tokens import Batch
 
@@ -180,11 +180,7 @@ def patch(
         select.positions(Batch(kb.tokens[:1], torch.ones_like(kb.tokens[:1], dtype=torch.bool)), positions,
                          default="all").cols[0].tolist()))
     runs = _variants(model, site, by, heads, layers, cols)
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     bar = tqdm(total=len(runs), desc=f"patch ({site})", unit="site", disable=None if progress is None else not progress)
     with torch.no_grad(), bar:
         if fast and not model.has_hooks:
@@ -283,8 +279,7 @@ def _fast(model, cb: Batch, kb: Batch, metric: Metric, site: str, runs: list[_Va
             else:
                 out = model.forward(resid, attention_mask=kb.attention_mask.repeat(len(chunk), 1), hooks=hooks,
                                     start_at_layer=layer + offset, start_at_mid=mid, unembed=False)
-            for k, i in enumerate(todo[c : c + per_chunk]):
-                values[i] = float(metric.from_resid(model, out[k * B : (k + 1) * B], kb))
+            values.update(zip(todo[c : c + per_chunk], metric.from_stacked_resid(model, out, kb)))
             bar.update(len(chunk))
     return clean_v, corrupt_v, [values[i] for i in range(len(runs))]
 
@@ -296,6 +291,7 @@ def _fast_suffix(model, kb: Batch, metric: Metric, site: str, runs: list[_Varian
     offset, mid = _RESUME[site]
     start_name = "resid_mid" if mid else "resid_pre"
     values: dict[int, float] = {}
+    read = metric.positions(kb)  # None: every position
     for layer in sorted({v.layer for v in runs}):
         start = layer + offset
         base = corrupt_final if start == cfg.n_layers else corrupt[hk.name(start_name, start)]
@@ -317,10 +313,16 @@ def _fast_suffix(model, kb: Batch, metric: Metric, site: str, runs: list[_Varian
                 x = base[:, p:].repeat(V, 1, 1)  # [V·B, P - p, d_model]
                 x[:, 0] += change[which][:, :, p].reshape(V * B, -1)
                 x = _suffix_forward(model, x, start, mid, p, kv, V)
-                out = corrupt_final.repeat(V, 1, 1)
-                out[:, p:] = x
-                for k, i in enumerate(chunk):
-                    values[i] = float(metric.from_resid(model, out[k * B : (k + 1) * B], kb))
+                if read is None:  # the metric reads every position: the whole stream of each variant
+                    out = corrupt_final.repeat(V, 1, 1)
+                    out[:, p:] = x
+                    got = metric.from_stacked_resid(model, out, kb)
+                else:  # only the rows it reads: from the suffix where they are in it, else the corrupted run's
+                    rows = corrupt_final[torch.arange(B), read].repeat(V, 1)
+                    late = (read >= p).repeat(V)
+                    rows[late] = x[torch.arange(V * B, device=x.device)[late], read.repeat(V)[late] - p]
+                    got = metric.from_stacked_rows(model, rows, kb)
+                values.update(zip(chunk, got))
                 bar.update(V)
     return [values[i] for i in range(len(runs))]
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from . import hooks as hk
 from . import select
 from .errors import InterpError
-from .metrics import Metric, resolve_metric
+from .metrics import Metric, pair_metric
 from .model import HookedGPT2
 from .patching import paired_batches
 from .tokens import Batch
@@ -202,11 +202,7 @@ def path_patch(
     if late:
         raise InterpError(f"sender {late[0]} is not before every receiver ({_label(recv)}): a path runs forward, "
                           "from an earlier layer to a later one")
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     mlps = _check_mlps(mlps)
     upto = model.cfg.n_layers if recv == "logits" else max(l for l, _, _ in recv)
     with torch.no_grad():
@@ -268,11 +264,7 @@ def path_patch_scan(
             raise InterpError(f"sender {late[0]} is not before every receiver ({_label(recv)})")
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise InterpError(f"chunk_tokens must be a positive int, not {chunk_tokens!r}")
-    if metric is None:
-        from .metrics import contrast
-
-        metric = contrast(model, cb, kb)
-    metric = resolve_metric(model, metric)
+    metric = pair_metric(model, cb, kb, metric)
     B, P = kb.tokens.shape
     values = []
     mlps = _check_mlps(mlps)
@@ -300,7 +292,7 @@ def path_patch_scan(
                 final = model.forward(start.repeat(V, 1, 1), start_at_layer=first, unembed=False,
                                       attention_mask=kb.attention_mask.repeat(V, 1),
                                       hooks=_receiver_hooks(model, recv, delta_at))
-            values += [_value(model, metric, final[k * B : (k + 1) * B], kb) for k in range(V)]
+            values += metric.from_stacked_resid(model, final, kb)
             bar.update(V)
     span = clean_v - corrupt_v
     df = pd.DataFrame({

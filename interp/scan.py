@@ -223,8 +223,7 @@ def _scan_fast(model, batch: Batch, metric: Metric, ablator: Ablator, runs: list
                 model, resid, _later_hooks(model, ablator, [runs[i] for i in chunk], start, B),
                 attention_mask=batch.attention_mask.repeat(len(chunk), 1), start_at_layer=start, start_at_mid=True,
             )
-            for k, i in enumerate(chunk):
-                values[i] = float(metric.from_resid(model, out[k * B : (k + 1) * B], batch))
+            values.update(zip(chunk, metric.from_stacked_resid(model, out, batch)))
             bar.update(len(chunk))
         del mid[start], dz[start]
     bar.update(sum(1 for hs in runs if not hs))
