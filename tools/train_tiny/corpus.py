@@ -10,60 +10,14 @@ About 1 document in 20 (chosen by a CRC of its text) is held out.
 
 from __future__ import annotations
 
-import ast
-import sysconfig
-import zlib
-from pathlib import Path
-
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+# The corpus and its split live in the library (interp.corpus), which ships the text itself.
+from interp.corpus import collect_corpus, split_corpus  # noqa: F401  (re-exported for train.py)
+
 BOS = "<|endoftext|>"
-
-
-def collect_corpus() -> list[str]:
-    """Return the documents of the corpus in a deterministic order.
-
-    Returns:
-        The pydoc topics (sorted by topic name) followed by the standard library's
-        docstrings (files in sorted path order, nodes in ``ast.walk`` order),
-        exact duplicates and docstrings shorter than 40 characters dropped.
-    """
-    import pydoc_data.topics
-
-    docs: list[str] = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
-    root = Path(sysconfig.get_paths()["stdlib"])
-    paths = sorted(
-        p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts
-    )
-    node_types = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    for path in paths:
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            # The stdlib ships a few deliberately broken files (test fixtures).
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, node_types):
-                doc = ast.get_docstring(node, clean=True)
-                if doc and len(doc) >= 40:
-                    docs.append(doc)
-    seen: set[str] = set()
-    unique = []
-    for d in docs:
-        if d not in seen:
-            seen.add(d)
-            unique.append(d)
-    return unique
-
-
-def split_corpus(docs: list[str], mod: int) -> tuple[list[str], list[str]]:
-    """Split documents into (train, held-out) by a CRC of their text: 1 in ``mod`` is held out."""
-    train, held = [], []
-    for d in docs:
-        (held if zlib.crc32(d.encode("utf-8")) % mod == 0 else train).append(d)
-    return train, held
 
 
 def train_tokenizer(docs: list[str], vocab_size: int):

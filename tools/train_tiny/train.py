@@ -40,6 +40,8 @@ from .corpus import (
     wrap_tokenizer,
 )
 from .model import build_model, lr_at, make_optimizer, reinit_heads, train_step
+from interp.corpus import write_bundled_text
+
 from .monitor import evaluate, heldout_windows, mark_probe, monitor_batch, where_probe
 from .recipe import RECIPE_HELP, Recipe
 from .rows import synthetic_frac
@@ -309,6 +311,8 @@ def export(model, tok, r: Recipe, out: Path, wall: float, ev: dict, train_stream
 
     model.save_pretrained(out, safe_serialization=True)
     wrap_tokenizer(tok, r.n_ctx).save_pretrained(out)
+    # The text itself ships beside the model (interp.corpus.documents reads it), split as trained.
+    write_bundled_text(collect_corpus(), out / "text", r.heldout_frac_mod)
     uni = unigram_losses(train_stream, held_stream, r.vocab_size)
     info = {
         "model": "interp-tiny",
