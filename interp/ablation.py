@@ -298,7 +298,7 @@ def _reference_z(model: HookedGPT2, reference: Any, layers: list[int]) -> tuple[
 
 
 # ---------------------------------------------------------------------------- scoped ablation
-def ablation_hooks(model: HookedGPT2, heads: Any, method: Any = "zero", *, reference: Any = None, keys: Any = None,
+def ablation_hooks(model: Any, heads: Any, method: Any = "zero", *, reference: Any = None, keys: Any = None,
                    renormalize: bool = False, seed: int = 0) -> list[tuple[str, Any]]:
     """The hooks that ablate ``heads``, for ``model.run(..., hooks=...)`` or ``model.hooks(...)``.
 
@@ -309,14 +309,16 @@ def ablation_hooks(model: HookedGPT2, heads: Any, method: Any = "zero", *, refer
     >>> [name for name, _ in ablation_hooks(model, ["0.0", "1.*"])]
     ['blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']
     """
-    chosen = select.heads(model, heads)
+    from .engine import check_model
+
+    chosen = select.heads(check_model(model), heads)
     ablator = Ablator(model, method, sorted({l for l, _ in chosen}), reference=reference, keys=keys,
                        renormalize=renormalize, seed=seed)
     return ablator.hooks(chosen)
 
 
 @contextlib.contextmanager
-def ablate(model: HookedGPT2, heads: Any, method: Any = "zero", *, reference: Any = None, keys: Any = None,
+def ablate(model: Any, heads: Any, method: Any = "zero", *, reference: Any = None, keys: Any = None,
            renormalize: bool = False, seed: int = 0) -> Iterator[HookedGPT2]:
     """Ablate attention heads inside a ``with`` block; the model is clean again on exit, error or not.
 

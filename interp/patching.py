@@ -119,7 +119,7 @@ def _positions(batch: Batch, positions: Any) -> tuple[list[int], Int[Tensor, "n_
 
 
 def patch(
-    model: HookedGPT2,
+    model: Any,
     clean: Any,
     corrupted: Any,
     metric: Any = None,

@@ -142,7 +142,7 @@ def _table(model, values, clean_v, corrupt_v, metric, senders: list[list], recv,
 
 
 def path_patch(
-    model: HookedGPT2, clean: Any, corrupted: Any, senders: Any, receivers: Any, metric: Any = None, *,
+    model: Any, clean: Any, corrupted: Any, senders: Any, receivers: Any, metric: Any = None, *,
     mlps: str = "recomputed", cascade: bool = False,
 ):
     """The metric with the senders' clean outputs delivered only to the receivers' chosen inputs.
@@ -179,7 +179,7 @@ def path_patch(
 
 
 def path_patch_scan(
-    model: HookedGPT2,
+    model: Any,
     clean: Any,
     corrupted: Any,
     receivers: Any,

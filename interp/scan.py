@@ -72,7 +72,7 @@ def _variants(model: HookedGPT2, heads: Any, by: Any, variants: Any, together: b
 
 
 def scan(
-    model: HookedGPT2,
+    model: Any,
     inputs: Any,
     metric: Any = "loss",
     *,

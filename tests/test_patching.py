@@ -210,6 +210,30 @@ def test_interp_tiny_induction_circuit(tiny):
 
 
 # ---------------------------------------------------------------------------- bad input
+def test_what_cannot_be_patched_is_refused_in_one_line(planted):
+    """Issue 27's cases that belong to the library: no corrupted input, no model, nothing that differs, a metric
+    that cannot tell the two runs apart — one InterpError each, for patch, path patching and attribution."""
+    from interp.attribution import attribute
+
+    same = "a b c d e a b c d"
+    calls = {
+        "patch": lambda *a, **k: patch(*a, progress=False, **k),
+        "path_patch": lambda m, c, k, *r, **kw: path_patch(m, c, k, "0.0", "1.0.k", *r, **kw),
+        "senders": lambda m, c, k, *r, **kw: path_patch_scan(m, c, k, "1.0.k", *r, progress=False, **kw),
+        "attribute": lambda *a, **k: attribute(*a, progress=False, **k),
+    }
+    for name, call in calls.items():
+        with pytest.raises(InterpError, match="no corrupted input given"):
+            call(planted, same, None)
+        with pytest.raises(InterpError, match="model must be a HookedGPT2"):
+            call(None, same, "a b c x e a b c d")
+        with pytest.raises(InterpError, match="same tokens: nothing differs"):
+            call(planted, same, same)
+        with pytest.raises(InterpError, match=r"give the same logit_diff\('a' - 'a'\)"):
+            call(planted, same, "a b c x e a b c d", LogitDiff("a", "a"))
+    assert not planted.has_hooks
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(site="resid"), "unknown site 'resid'"),
     (dict(site="z", by="layer"), "by='layer' does not fit site 'z'"),
