@@ -21,7 +21,7 @@ from interp.model import HookedGPT2
 from interp.threads import one_thread
 from interp.tokens import Batch
 
-__all__ = ["Options", "scan_patterns", "PATTERN_BUDGET"]
+__all__ = ["Options", "pattern_sums", "PATTERN_BUDGET"]
 
 #: Patterns of one batch stay under this many floats; ``batch_size`` is chosen from it.
 PATTERN_BUDGET = 1 << 25
@@ -38,7 +38,7 @@ class Options:
 
 
 # ---------------------------------------------------------------------------- the scan
-def scan_patterns(model: HookedGPT2, seqs: list[Tensor], layers: list[int], opts: Options, batch_size: Any, progress):
+def pattern_sums(model: HookedGPT2, seqs: list[Tensor], layers: list[int], opts: Options, batch_size: Any, progress):
     """Per-prompt sums: ``num, den [prompt, layer, head, kind]`` and ``count [prompt, kind]`` (float64)."""
     from tqdm.auto import tqdm
 

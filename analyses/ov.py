@@ -18,6 +18,9 @@ and ignored, as in "A Mathematical Framework for Transformer Circuits"
 (Elhage et al., 2021). The full OV circuit is the direct path ``W_E · W_OV · W_U``:
 positional embeddings and earlier layers are left out.
 
+:func:`head_output` writes a head's output in the tensor-product form of the same paper,
+``h(x) = (A ⊗ W_OV) · x``: the pattern ``A`` mixes positions, ``W_OV`` maps each position's vector.
+
 In the planted model (:func:`interp.testing.planted_model`) the induction head L1H0
 maps each of the 32 tokens to its own logit: rank 32, all singular values equal,
 copying score 1.
@@ -64,6 +67,7 @@ __all__ = [
     "ov_summary",
     "ov_spectrum",
     "ov_tokens",
+    "head_output",
 ]
 
 #: Energy shares (of Σσ²) whose ranks the summary reports as ``rank90`` and ``rank99``.
@@ -312,3 +316,28 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
 
 
 # ---------------------------------------------------------------------------- one view for the command line
+
+
+# ---------------------------------------------------------------------------- a head's output as A ⊗ W_OV
+def head_output(
+    model: HookedGPT2,
+    layer: int,
+    head: int,
+    pattern: Float[Tensor, "batch query_pos key_pos"],
+    x: Float[Tensor, "batch key_pos d_model"],
+) -> Float[Tensor, "batch query_pos d_model"]:
+    """A head's output from its pattern and its input ``x`` (the ln1-normalised residual stream).
+
+    Computed through the factored OV circuit, so it costs ``pos·d_model·d_head``,
+    never ``d_model²``.
+
+    >>> from interp.testing import planted_model
+    >>> model = planted_model()
+    >>> _, cache = model.run("a b c a b", names=["ln1.0", "pattern.0", "result.0"])
+    >>> out = head_output(model, 0, 0, cache["pattern", 0][:, 0], cache["ln1", 0])
+    >>> bool(torch.allclose(out, cache["result", 0][:, :, 0], atol=1e-5))
+    True
+    """
+    ov = model.ov(layer, head)
+    bias = model.b_V[layer, head] @ model.W_O[layer, head]
+    return pattern @ ((x @ ov.A) @ ov.B) + bias

@@ -41,7 +41,7 @@ from .errors import InterpError
 from .metrics import pair_metric
 from .model import HookedGPT2
 
-__all__ = ["path_patch", "path_patch_scan", "MLPS"]
+__all__ = ["path_patch", "path_patch_senders", "MLPS"]
 
 MLPS = {"recomputed": "the MLPs between senders and receivers rerun on the changed stream (Wang et al.)",
         "frozen": "the MLPs keep their corrupted outputs: the direct path only"}
@@ -156,7 +156,7 @@ def path_patch(
         cascade: let a later receiver see what earlier receivers changed (see the module docs).
 
     Returns:
-        A one-row DataFrame as :func:`path_patch_scan`'s: ``sender`` (``L0H4+L0H5``), ``receiver``,
+        A one-row DataFrame as :func:`path_patch_senders`'s: ``sender`` (``L0H4+L0H5``), ``receiver``,
         ``value`` and ``effect`` (normalised as in patching: 0 = corrupted, 1 = clean); ``df.attrs``
         holds ``metric``, ``clean``, ``corrupted``, ``mlps``, ``cascade``.
 
@@ -178,7 +178,7 @@ def path_patch(
     return _table(model, values, c, k, metric, [send], recv, mlps, bool(cascade))
 
 
-def path_patch_scan(
+def path_patch_senders(
     model: Any,
     clean: Any,
     corrupted: Any,

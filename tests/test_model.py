@@ -189,7 +189,7 @@ def test_the_core_never_imports_the_analyses():
     import subprocess
     import sys
 
-    core = ["interp.model", "interp.loading", "interp.hooks", "interp.tokens", "interp.circuits", "interp.residual",
+    core = ["interp.model", "interp.loading", "interp.hooks", "interp.tokens", "interp.engine", "interp.residual",
             "interp.ablation", "interp.scan", "interp.patching", "interp.path_patching", "interp.metrics",
             "interp.select", "interp.probes", "interp.export", "interp.plotting"]
     code = ("import sys, importlib\n"

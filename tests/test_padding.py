@@ -15,7 +15,7 @@ from interp.discovery import circuit, faithfulness
 from interp.errors import InterpWarning
 from interp.metrics import Loss, LogitDiff, contrast
 from interp.patching import patch
-from interp.path_patching import path_patch, path_patch_scan
+from interp.path_patching import path_patch, path_patch_senders
 from interp.scan import scan
 
 LENGTHS = (5, 8, 6)  # prompts of different lengths, so the padding sits in different columns
@@ -151,7 +151,7 @@ def test_path_patching_and_attribution_and_circuits(m):
         cb, kb = batch(clean, side), batch(corrupted, side)
         sides[side] = {
             "path": path_patch(m, cb, kb, "0.1,1.3", "2.0.k,2.2.q", metric)["value"].iloc[0],
-            "senders": path_patch_scan(m, cb, kb, "logits", metric, progress=False)["value"].tolist(),
+            "senders": path_patch_senders(m, cb, kb, "logits", metric, progress=False)["value"].tolist(),
             "eap": attribute(m, cb, kb, metric, progress=False).set_index("edge")["score"],
             "eap-ig": attribute(m, cb, kb, metric, method="eap-ig", level="node", progress=False).set_index("node")["score"],
             "faith": [faithfulness(m, cb, kb, ["embed->L0H1.v", "L0H1->L2H0.k", "L2H0->logits"], metric, ablation=a)

@@ -13,7 +13,7 @@ from interp import InterpError, probes
 from interp.cli import main
 from interp.metrics import LogitDiff, Loss
 from interp.patching import BY, HEAD_SITES, SITES, patch
-from interp.path_patching import path_patch, path_patch_scan
+from interp.path_patching import path_patch, path_patch_senders
 
 MODES = [True, False]
 
@@ -130,10 +130,10 @@ def test_path_patching_the_planted_induction_circuit(planted):
     clean, corrupted = induction_pair(planted)
     effect = {x: one(path_patch(planted, clean, corrupted, "0.0", f"1.0.{x}"), "effect") for x in "qkv"}
     assert effect["k"] > 0.95 and abs(effect["q"]) < 0.05 and abs(effect["v"]) < 0.05
-    scan = path_patch_scan(planted, clean, corrupted, "1.0.k", progress=False).set_index(["sender_layer", "sender_head"])
+    scan = path_patch_senders(planted, clean, corrupted, "1.0.k", progress=False).set_index(["sender_layer", "sender_head"])
     assert scan.loc[(0, 0), "effect"] == pytest.approx(effect["k"], abs=1e-5)
     assert scan.drop((0, 0))["effect"].abs().max() < 0.05
-    logits = path_patch_scan(planted, clean, corrupted, "logits", progress=False).set_index(["sender_layer", "sender_head"])
+    logits = path_patch_senders(planted, clean, corrupted, "logits", progress=False).set_index(["sender_layer", "sender_head"])
     assert logits["effect"].idxmax() == (1, 0)  # into the logits directly, only the induction head's output matters
 
 
@@ -156,7 +156,7 @@ def test_direct_path_equals_transformer_lens(models, fold, component):
         for h in range(4):
             ours = one(path_patch(m, clean, corrupted, "0.2", f"{layer}.{h}.{component}", metric, mlps="frozen"))
             assert ours == pytest.approx(float(theirs[layer, h]), abs=1e-6)
-        scan = path_patch_scan(m, clean, corrupted, receivers, metric, senders="0.2", mlps="frozen", progress=False)
+        scan = path_patch_senders(m, clean, corrupted, receivers, metric, senders="0.2", mlps="frozen", progress=False)
         assert len(scan) == 1
 
 
@@ -177,7 +177,7 @@ def test_path_patching_equals_hugging_face_written_out(models, noisy_hf, fold, m
         theirs = float(metric.from_logits(m, ref.path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps,
                                                                      cascade=cascade), kb))
         assert ours == pytest.approx(theirs, abs=1e-6), (senders, receivers)
-        scan = path_patch_scan(m, clean, corrupted, receivers, metric, senders=senders, mlps=mlps, cascade=cascade,
+        scan = path_patch_senders(m, clean, corrupted, receivers, metric, senders=senders, mlps=mlps, cascade=cascade,
                                progress=False)
         if len(senders) == 1:
             assert scan["value"].iloc[0] == pytest.approx(theirs, abs=1e-6)
@@ -202,7 +202,7 @@ def test_interp_tiny_induction_circuit(tiny):
     assert z.loc[(0, 4), "effect"] > 0.9  # the previous-token head
     induction = [(1, h) for h in (0, 1, 2, 4, 5, 6, 7)]
     receivers = ",".join(f"1.{h}.k" for _, h in induction)
-    paths = path_patch_scan(tiny, clean, corrupted, receivers, progress=False).set_index(["sender_layer", "sender_head"])
+    paths = path_patch_senders(tiny, clean, corrupted, receivers, progress=False).set_index(["sender_layer", "sender_head"])
     assert paths["effect"].idxmax() == (0, 4) and paths.loc[(0, 4), "effect"] > 0.8
     assert paths.drop((0, 4))["effect"].abs().max() < 0.05
     for x in "qv":
@@ -219,7 +219,7 @@ def test_what_cannot_be_patched_is_refused_in_one_line(planted):
     calls = {
         "patch": lambda *a, **k: patch(*a, progress=False, **k),
         "path_patch": lambda m, c, k, *r, **kw: path_patch(m, c, k, "0.0", "1.0.k", *r, **kw),
-        "senders": lambda m, c, k, *r, **kw: path_patch_scan(m, c, k, "1.0.k", *r, progress=False, **kw),
+        "senders": lambda m, c, k, *r, **kw: path_patch_senders(m, c, k, "1.0.k", *r, progress=False, **kw),
         "attribute": lambda *a, **k: attribute(*a, progress=False, **k),
     }
     for name, call in calls.items():

@@ -169,14 +169,14 @@ def add_path_patch(sub) -> None:
 
 def run_path_patch(args: argparse.Namespace) -> int:
     from .. import select
-    from ..path_patching import path_patch_scan
+    from ..path_patching import path_patch_senders
 
     _check_pair(args)
     out = Outputs(args)
     model = load_model(args)
     receivers = select.receivers(model, args.receivers)
     cb, kb, metric, note = _pair_and_metric(model, args)
-    df = path_patch_scan(model, cb, kb, receivers, metric, senders=args.senders, mlps=args.mlps,
+    df = path_patch_senders(model, cb, kb, receivers, metric, senders=args.senders, mlps=args.mlps,
                          progress=progress(args))
     a = df.attrs
     print(f"path patching of {model.cfg.name} into {df['receiver'].iloc[0]} (MLPs {args.mlps}); {note}: "
