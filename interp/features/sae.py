@@ -478,17 +478,16 @@ class SAE(nn.Module):
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
     def encode_pre(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
-        """Pre-activations ``hidden_pre``: what the nonlinearity reads (no nonlinearity applied)."""
-        h = self.sae_in(x) @ self.W_enc + self.b_enc
-        if self.cfg.rescale_acts_by_decoder_norm:
-            h = h * self.W_dec.norm(dim=-1)
-        return h
+        """Pre-activations ``hidden_pre = sae_in(x) @ W_enc + b_enc`` (SAELens's ``hook_sae_acts_pre``)."""
+        return self.sae_in(x) @ self.W_enc + self.b_enc
 
     def activation(self, hidden_pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
         """The architecture's nonlinearity: ReLU, TopK-then-ReLU, or JumpReLU (jumprelu and batchtopk)."""
         arch = self.cfg.architecture
         if arch == "standard":
             return hidden_pre.relu()
+        if self.cfg.rescale_acts_by_decoder_norm:  # rank as if every decoder row had unit norm (decode undoes it)
+            hidden_pre = hidden_pre * self.W_dec.norm(dim=-1)
         if arch == "topk":
             values, indices = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(hidden_pre).scatter_(-1, indices, values.relu())
