@@ -55,7 +55,7 @@ def evaluate(model, saes: Union[SAE, Sequence[SAE]], texts: Any = None, *, split
     >>> model = interp.load("interp-tiny")
     >>> sae = SAE(SAEConfig("topk", d_in=128, d_sae=256, k=8, hook_name="blocks.0.hook_resid_post", fold_ln=True))
     >>> row = evaluate(model, sae, max_windows=8, progress=False).iloc[0]
-    >>> bool(row["ce_loss_spliced"] > row["ce_loss_clean"]), row["l0"]
+    >>> bool(row["ce_loss_spliced"] > row["ce_loss_clean"]), float(row["l0"])
     (True, 8.0)
     """
     from tqdm.auto import tqdm

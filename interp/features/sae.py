@@ -752,6 +752,25 @@ class Binding:
         _, w, b = conv
         return (x - b) / w
 
+    def target(self, actual: Tensor) -> Tensor:
+        """The activation at the output hook as the SAE's output space has it (what its reconstruction aims at)."""
+        name = self.sae.cfg.hook_name_out or self.sae.cfg.hook_name
+        y = self._flat(actual, name)
+        conv = self._out
+        if conv is None:
+            return y
+        if conv[0] == "centre":
+            return y - y.mean(-1, keepdim=True)
+        _, w, b = conv
+        return (y - b) / w
+
+    def delta(self, d: Tensor, actual: Tensor) -> Tensor:
+        """A change ``d`` of the SAE's output as a change of the activation at its output hook (shaped like ``actual``)."""
+        conv = self._out
+        if conv is not None and conv[0] == "ln":
+            d = d * conv[1]
+        return d.reshape(actual.shape).to(actual.dtype)
+
     def output(self, x_hat: Tensor, actual: Tensor) -> Tensor:
         """The SAE's output as the activation at its output hook, shaped like ``actual`` (the one it replaces)."""
         name = self.sae.cfg.hook_name_out or self.sae.cfg.hook_name
