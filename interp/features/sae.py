@@ -254,6 +254,7 @@ class SAEConfig:
         if extra:
             meta["saelens_extra"] = extra
         mode = interp_meta.get("fold_ln") if "fold_ln" in interp_meta else _saelens_mode(meta, hook_name, hook_out)
+        model_name = meta.get("model_name") or d.get("model_name")
         if "metadata_keys" in interp_meta:  # written by interp: keep the SAE's own metadata, not what save() added
             meta = {key: meta[key] for key in interp_meta["metadata_keys"] if key in meta}
         try:
@@ -270,7 +271,7 @@ class SAEConfig:
                 rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False)) if arch == "topk" else False,
                 skip=skip,
                 dtype=_dtype_name(d.get("dtype", "float32")),
-                model_name=meta.get("model_name") or d.get("model_name"),
+                model_name=model_name,
                 fold_ln=fold_ln if fold_ln is not None else mode,
                 metadata=meta,
             )
@@ -594,7 +595,7 @@ class SAE(nn.Module):
         (or overrides it). ``dtype`` converts (default: the file's).
 
         >>> import tempfile
-        >>> sae = SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_pre", fold_ln=True))
+        >>> sae = SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_pre", model_name="gpt2", fold_ln=True))
         >>> with tempfile.TemporaryDirectory() as d:
         ...     back = SAE.load(sae.save(d))
         >>> back.cfg == sae.cfg, bool((back.W_dec == sae.W_dec).all())

@@ -55,7 +55,8 @@ __all__ = ["train", "TrainConfig", "Trainer"]
 class TrainConfig:
     """Hyperparameters of a training run (the defaults suit interp-tiny's and GPT-2's residual stream).
 
-    ``d_sae`` defaults to 8 × d_in; ``tokens`` is the number of activations each SAE sees;
+    ``d_sae`` defaults to 8 × d_in; ``lr`` to ``4e-4·√(8192 / d_sae)`` (at most 2e-3: the learning rate
+    shrinks as 1/√latents, as in OpenAI's TopK scaling study); ``tokens`` is the number of activations each SAE sees;
     ``dead_window`` (activations without firing before a latent counts as dead) defaults to
     ``min(10M, tokens / 4)``; ``warmup_steps`` to 5 % of the steps (at most 1000).
     """
@@ -65,7 +66,7 @@ class TrainConfig:
     k: int = 32
     tokens: int = 2_000_000
     batch_size: int = 4096
-    lr: float = 4e-4
+    lr: Optional[float] = None
     warmup_steps: Optional[int] = None
     decay_fraction: float = 0.2
     l1_coefficient: float = 5.0
@@ -96,9 +97,11 @@ class TrainConfig:
             raise InterpError(f"k={self.k} is larger than d_sae={self.d_sae}")
         for name in ("lr", "l1_coefficient", "l0_coefficient", "aux_coefficient", "jumprelu_bandwidth"):
             v = getattr(self, name)
+            if name == "lr" and v is None:
+                continue
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise InterpError(f"{name} must be a number ≥ 0, not {v!r}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise InterpError(f"lr must be > 0, not {self.lr!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise InterpError(f"decay_fraction must be in [0, 1], not {self.decay_fraction!r}")
@@ -176,14 +179,18 @@ class Trainer:
             raise InterpError(f"training dtype must be float32 or float64, not {cfg.dtype!r}")
         self.P = st.init_params(d_in, self.d_sae, d_out, cfg.architecture, cfg.skip, cfg.seed + seed_offset, dtype,
                                 cfg.jumprelu_init_threshold)
-        trainable = [t for n, t in self.P.items() if not (n == "threshold" and cfg.architecture == "batchtopk")]
-        self.opt = torch.optim.Adam(trainable, lr=cfg.lr, fused=True)
+        self.trainable = [n for n, _ in self.P.items() if not (n == "threshold" and cfg.architecture == "batchtopk")]
+        self.opt = _Adam([self.P.tensors[n] for n in self.trainable])
         self.since_fired = torch.zeros(self.d_sae, dtype=torch.long)
         self.scale_in: Optional[float] = None
         self.scale_out: Optional[float] = None
         self.initialised = False
         self.steps_done = 0
         self.history: list[dict] = []
+
+    @property
+    def lr(self) -> float:
+        return self.cfg.lr if self.cfg.lr is not None else min(2e-3, 4e-4 * math.sqrt(8192 / self.d_sae))
 
     @property
     def dead_window(self) -> int:
@@ -238,15 +245,9 @@ class Trainer:
             if c.grad_clip and float(norm) > c.grad_clip:
                 for n in names:
                     grads[n].mul_(c.grad_clip / (float(norm) + 1e-6))
-            for n, t in self.P.items():
-                t.grad = grads.get(n) if not (n == "threshold" and c.architecture == "batchtopk") else None
             warmup = c.warmup_steps if c.warmup_steps is not None else min(1000, max(1, c.steps // 20))
-            lr = st.lr_at(self.steps_done, c.steps, c.lr, warmup, int(c.decay_fraction * c.steps))
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            self.opt.step()
-            for _, t in self.P.items():
-                t.grad = None
+            lr = st.lr_at(self.steps_done, c.steps, self.lr, warmup, int(c.decay_fraction * c.steps))
+            self.opt.step([grads[n] for n in self.trainable], lr)
             W_dec.div_(W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12))
             if c.architecture == "jumprelu":
                 self.P.threshold.clamp_(min=0.0)
@@ -277,7 +278,7 @@ class Trainer:
         s_in, s_out = self.scale_in or 1.0, self.scale_out or 1.0
         meta = {"training": {
             "tokens": self.steps_done * c.batch_size, "steps": self.steps_done, "config": asdict(c),
-            "scale_in": s_in, "scale_out": s_out, "dead_fraction": float((self.since_fired > self.dead_window).float().mean()),
+            "lr": self.lr, "scale_in": s_in, "scale_out": s_out, "dead_fraction": float((self.since_fired > self.dead_window).float().mean()),
         }}
         cfg = SAEConfig(c.architecture, d_in=self.d_in, d_sae=self.d_sae, d_out=self.d_out, hook_name=self.hook_name,
                         hook_name_out=self.hook_name_out, k=c.k if c.architecture in ("topk", "batchtopk") else None,
@@ -301,25 +302,42 @@ class Trainer:
     def state(self) -> dict[str, Tensor]:
         """Every tensor a checkpoint needs (parameters, Adam's moments, counters)."""
         out = {f"param.{n}": t for n, t in self.P.items()}
-        for i, p in enumerate(self.opt.param_groups[0]["params"]):
-            for key, v in self.opt.state.get(p, {}).items():
-                out[f"adam.{i}.{key}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+        for n, m, v in zip(self.trainable, self.opt.m, self.opt.v):
+            out[f"adam.m.{n}"], out[f"adam.v.{n}"] = m, v
+        out["adam.step"] = self.opt.t
         out["since_fired"] = self.since_fired
         return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
     def load_state(self, tensors: dict[str, Tensor], info: dict) -> None:
         for n, t in self.P.items():
             t.copy_(tensors[f"param.{n}"])
-        params = self.opt.param_groups[0]["params"]
-        for i, p in enumerate(params):
-            keys = [k for k in tensors if k.startswith(f"adam.{i}.")]
-            if keys:
-                self.opt.state[p] = {k.split(".", 2)[2]: tensors[k].clone() for k in keys}
+        for n, m, v in zip(self.trainable, self.opt.m, self.opt.v):
+            m.copy_(tensors[f"adam.m.{n}"])
+            v.copy_(tensors[f"adam.v.{n}"])
+        self.opt.t.copy_(tensors["adam.step"])
         self.since_fired.copy_(tensors["since_fired"])
         self.scale_in, self.scale_out = info["scale_in"], info["scale_out"]
         self.steps_done = info["steps_done"]
         self.initialised = True
         self.history = info.get("history", [])
+
+
+class _Adam:
+    """Adam (β = 0.9, 0.999; ε = 1e-8), torch's fused kernel called directly: equal to ``torch.optim.Adam(fused=True)``.
+
+    ``torch.optim`` imports TorchDynamo on first use (seconds, for nothing a training step needs).
+    """
+
+    def __init__(self, params: list[Tensor]):
+        self.params = params
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = torch.zeros((), dtype=torch.float32)
+
+    def step(self, grads: list[Tensor], lr: float) -> None:
+        self.t += 1
+        torch._fused_adam_(self.params, grads, self.m, self.v, [], [self.t] * len(self.params), lr=lr, beta1=0.9,
+                           beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
 
 
 # ============================================================================ sources of activations
