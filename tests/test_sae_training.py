@@ -86,9 +86,10 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     from interp.features import training
 
     x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(1))
-    kw = dict(architecture="topk", d_sae=32, k=3, tokens=20 * 100, batch_size=100, lr=3e-3, dead_window=300,
+    kw = dict(architecture="topk", d_sae=256, k=1, tokens=20 * 100, batch_size=100, lr=3e-3, dead_window=200,
               progress=False)
     whole = train(x, "acts", out=tmp_path / "whole", **kw)
+    assert whole.cfg.metadata["training"]["dead_fraction"] > 0.1  # AuxK at work: the dead-latent counters matter
     assert not (tmp_path / "whole" / "checkpoint").exists() and (tmp_path / "whole" / "cfg.json").exists()
     real = training._TensorSource.batches
     calls = []
