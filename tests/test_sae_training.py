@@ -36,7 +36,7 @@ def test_planted_directions_are_recovered(arch, options):
     assert mcc >= 0.9, (arch, mcc)
     # the saved scale is folded in: the SAE reconstructs the raw points
     err = ((sae(x[:4000]) - x[:4000]) ** 2).sum() / ((x[:4000] - x[:4000].mean(0)) ** 2).sum()
-    assert err < 0.2, (arch, float(err))
+    assert err < 0.35, (arch, float(err))  # a scale folded wrongly leaves errors of order 1 or more
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(512), atol=1e-5)
 
 
