@@ -9,7 +9,7 @@
   compared.
 * **Harvesting** — an :class:`~interp.features.store.ActivationStore` yielding shuffled batches of
   ``blocks.6.hook_resid_pre`` against the bare forward pass stopped at layer 6 on the same windows:
-  the throughput ratio.
+  the throughput ratio. Both figures are medians of per-pair ratios, with their spread.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import Context, Row, section
+from . import Context, Ratio, Row, section
 
 D_IN, D_SAE, K, N = 768, 24576, 32, 4096
 
@@ -146,9 +146,10 @@ def _bench_step(ctx: Context, repeats: int = 3) -> list[Row]:
                 theirs.append(sl.step()["seconds"])
         finally:
             sl.close()
-        o, t = statistics.median(ours[1:]), statistics.median(theirs[1:])
-        rows.append(Row("features", "TopK training step / SAELens 6.54's (its defaults)", o / t, target="≤ 0.6",
-                        ok=o / t <= 0.6, detail=f"{o:.2f}s vs {t:.2f}s; {size}; {torch.get_num_threads()} threads"))
+        r = _ratio(ours[1:], theirs[1:])
+        o = r.subject_s
+        rows.append(Row("features", "TopK training step / SAELens 6.54's (its defaults)", r.median, target="≤ 0.6",
+                        ok=r.median <= 0.6, detail=f"{r.detail()}; {size}; {torch.get_num_threads()} threads"))
         # SAELens's sparse option (a COO decoder) is the obvious other comparison; on CPU its backward fails.
         sparse = _SAELens(venv, data, torch.get_num_threads(), sparse=True)
         try:
@@ -201,10 +202,19 @@ def _bench_harvest(ctx: Context, repeats: int = 3) -> list[Row]:
         return (time.perf_counter() - t0) / (windows * (n_ctx - 1))
 
     h, b = [], []
-    for _ in range(repeats):
-        h.append(harvest())
+    bare()  # warm-up
+    for _ in range(repeats):  # interleaved pairs: (bare, harvest), …
         b.append(bare())
-    hs, bs = statistics.median(h), statistics.median(b)
-    return [Row("features", f"harvest {hook} throughput / bare forward to layer {layer}", bs / hs, target="≥ 0.9",
-                ok=bs / hs >= 0.9, detail=f"{1 / hs:,.0f} vs {1 / bs:,.0f} activations/s; {windows}×{n_ctx} tokens, "
+        h.append(harvest())
+    r = _ratio(b, h)  # time per activation of the bare forward over the store's: its throughput ratio
+    return [Row("features", f"harvest {hook} throughput / bare forward to layer {layer}", r.median, target="≥ 0.9",
+                ok=r.median >= 0.9, detail=f"median of {r.pairs} interleaved pairs, spread {r.low:.2f}–{r.high:.2f}; "
+                f"{1 / r.baseline_s:,.0f} vs {1 / r.subject_s:,.0f} activations/s; {windows}×{n_ctx} tokens, "
                 f"shuffled batches of {per_batch * (n_ctx - 1):,}")]
+
+
+def _ratio(subject: list[float], baseline: list[float]) -> Ratio:
+    """The median and spread of per-pair ratios (as :func:`interp.bench.compare`, for pairs timed here)."""
+    ratios = [s / b for s, b in zip(subject, baseline)]
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios), statistics.median(subject),
+                 statistics.median(baseline), len(ratios))
