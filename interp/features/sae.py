@@ -237,9 +237,12 @@ class SAEConfig:
         k = d.get("k")
         if arch == "jumprelu" and (interp_meta.get("architecture") == "batchtopk"
                                    or meta.get("training_architecture") == "batchtopk"):
-            arch = "batchtopk"  # SAELens saves a BatchTopK SAE as a JumpReLU with its learned threshold
-            k = interp_meta.get("k") or (meta.get("training_architecture_details") or {}).get("k")
-            k = int(k) if k is not None and float(k).is_integer() else k
+            # SAELens saves a BatchTopK SAE as a JumpReLU with its learned threshold; read it back as
+            # batchtopk when its k (SAELens allows an average such as 31.5) is a whole number — at
+            # inference the two are the same function.
+            bk = interp_meta.get("k") or (meta.get("training_architecture_details") or {}).get("k")
+            if isinstance(bk, (int, float)) and not isinstance(bk, bool) and float(bk).is_integer():
+                arch, k = "batchtopk", int(bk)
         if meta.get("hook_head_index") is not None:
             raise InterpError("SAEs on one attention head (hook_head_index) are not supported: interp reads "
                               "hook_z SAEs over every head")
