@@ -100,3 +100,37 @@ def test_bad_hook_is_refused_before_any_work(tmp_path, capsys):
     code = main(["sae", "train", "--hook", "blocks.7.hook_resid_post", "--out", str(tmp_path / "x"), *SMALL])
     one_line_error(capsys, code, "no hook point matches 'blocks.7.hook_resid_post'")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_bar_shows_live_numbers_on_a_terminal(tmp_path):
+    """On a terminal the training bar shows the live MSE, L0, explained variance and dead fraction; piped, nothing."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from interp.bench.startup import _env
+
+    argv = [sys.executable, "-m", "interp.cli", "sae", "train", "--hook", "blocks.0.hook_resid_post",
+            "--out", str(tmp_path / "bar"), *[a for a in SMALL if a != "--quiet"]]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, env=_env())
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=600) == 0
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "sae train" in shown and "L0=4.0" in shown and "ev=" in shown and "dead=" in shown, shown
+    assert "blocks.0.hook_resid_post: topk" in proc.stdout.read().decode()
