@@ -519,7 +519,7 @@ def train(source: Any, hooks: Union[Spec, Sequence[Spec], None] = None, *, texts
                     t.history.append({**log, "seconds": round(time.perf_counter() - t0, 3)})
             main = logs[0]
             bar.set_postfix(mse=f"{main['mse']:.3g}", L0=f"{main['l0']:.1f}", ev=f"{main['explained_variance']:.3f}",
-                            dead=f"{main['dead_fraction']:.2f}", refresh=False)
+                            dead=f"{main['dead_fraction']:.2f}", refresh=step == start + 1)  # first numbers at once
             bar.update(1)
             if ckpt is not None and step % every == 0 and step < cfg.steps:
                 if dist.rank == 0:
