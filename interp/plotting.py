@@ -426,7 +426,7 @@ def trajectory_figure(df: pd.DataFrame, *, color: str = "entropy", prompt: int =
         if grid.size <= 1500:
             for (i, j), v in np.ndenumerate(grid):
                 if text[i, j]:
-                    shade = im.cmap(im.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
+                    shade = im.cmap(im.norm(v)) if np.isfinite(v) else (1.0, 1.0, 1.0, 1.0)
                     ax.text(j, i, _short(show_token(text[i, j]), 7), ha="center", va="center", fontsize=6.5,
                             color=label_color(shade), parse_math=False, fontfamily="monospace")
         ax.set_xticks(range(len(positions)),

@@ -55,8 +55,8 @@ def _colour(anchors: list[str], t: float) -> str:
 
 def _ink(fill: str) -> str:
     """Black or white text on a fill (WCAG relative luminance, as :func:`interp.plotting.label_color`)."""
-    def lin(c: float) -> float:
-        c /= 255
+    def lin(byte: int) -> float:
+        c = byte / 255
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
 
     r, g, b = (lin(c) for c in _rgb(fill))
