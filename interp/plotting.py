@@ -294,7 +294,8 @@ def lines_figure(r, i: int):
 def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> list:
     """Write each head's heatmap and line view (and the summary heatmaps) of a report into ``directory``.
 
-    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}``. The
+    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}`` (and
+    ``trajectory.{fmt}`` when the report has the prediction trajectory). The
     set is drawn into a temporary directory beside ``directory`` first and moved in only when every
     figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
     of old and new figures). Returns the paths written.
@@ -350,6 +351,9 @@ def stage_figures(r, directory, fmt: str = "png", progress: Optional[bool] = Non
             heads_heatmap(r.scores, list(r.kinds), staged.staging / f"summary.{fmt}", title="head scores",
                           n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
             staged.names.append(f"summary.{fmt}")
+        if getattr(r, "trajectory", None) is not None:
+            save_figure(trajectory_figure(r.trajectory), staged.staging / f"trajectory.{fmt}", dpi=150)
+            staged.names.append(f"trajectory.{fmt}")
     except BaseException:
         staged.discard()
         raise

@@ -383,3 +383,52 @@ def _text_file(tmp_path):
     if not path.exists():
         path.write_text(" ".join(f"w{(5 * i) % 63 + 1}" for i in range(400)))
     return path
+
+
+def test_the_attention_report_shows_the_trajectory(tmp_path):
+    from interp.report import build_report, write_report
+
+    model = interp.load(str(FIX / "model"), fold_ln=False)
+    lens = TunedLens.load(FIX / "lens_hf")
+    plain = build_report(model, "w1 w2 w3 w4 w1", heads="0.0", scores=False)
+    assert plain.trajectory is None and "Prediction trajectory" not in plain.html()
+    report = write_report(model, "w1 w2 w3 w4 w1", tmp_path / "r.html", png=tmp_path / "png", heads="0.0",
+                          scores=False, trajectory=lens)
+    want = prediction_trajectory(model, "w1 w2 w3 w4 w1", tuned=lens)
+    assert report.trajectory[["lens", "boundary", "position", "token"]].equals(want[["lens", "boundary", "position", "token"]])
+    page = (tmp_path / "r.html").read_text()
+    section = page.split("<h2>Prediction trajectory</h2>")[1]
+    assert section.count("<rect x=") >= 3 * (L + 1) * 6  # three lenses × boundaries × (BOS + 5 tokens)
+    assert page.count('http-equiv="Content-Security-Policy"') == 1 and "<script src" not in page
+    assert (tmp_path / "png" / "trajectory.png").is_file()
+    with pytest.raises(InterpError, match="reads the residual stream's mean"):
+        build_report(interp.load(str(FIX / "model")), "w1 w2", heads="0.0", scores=False, trajectory=lens)
+
+
+def test_the_trajectory_page_in_a_browser(tmp_path, raw_model, outputs):
+    """Chromium opens the page offline: no request, no console error, the three pictures drawn."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    from interp.report.trajectory import trajectory_html
+
+    df = prediction_trajectory(raw_model, outputs["input_ids"][:1], tuned=TunedLens.load(FIX / "lens_hf"))
+    (tmp_path / "t.html").write_text(trajectory_html(df))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            errors, requests = [], []
+            page.on("console", lambda m: m.type in ("error", "warning") and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((tmp_path / "t.html").as_uri())
+            boxes = [page.locator("svg").nth(i).bounding_box() for i in range(3)]
+        finally:
+            browser.close()
+    assert errors == [] and requests == [(tmp_path / "t.html").as_uri()]
+    assert all(b is not None and b["width"] > 1000 and b["height"] > 150 for b in boxes)

@@ -100,7 +100,7 @@ def trajectory_svg(df: pd.DataFrame, *, color: str = "entropy", prompt: int = 0)
     model = df.attrs.get("model", "the model")
     heading = f"{model} · each cell: the lens’s top next token, coloured by {color.replace('_', ' ')}"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           'font-family="Helvetica, Arial, sans-serif" role="img" class="trajectory">',
+           'font-family="Helvetica, Arial, sans-serif" role="img">',
            f'<title>{esc(f"Prediction trajectory of {model}, coloured by {color}")}</title>',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
            f'<text x="{LEFT}" y="18" font-size="13" font-weight="bold" fill="#111">{esc(heading)}</text>']
@@ -159,10 +159,11 @@ _CSS = """body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111}
 .meta{color:#444;font-size:13px;max-width:60em}.picture{overflow-x:auto;border:1px solid #ddd;margin-bottom:18px}"""
 
 _ABOUT = {
-    "entropy": "Coloured by the entropy of each lens's distribution: dark cells are sure of their token.",
-    "target_prob": "Coloured by the probability each lens gives the token that actually comes next.",
-    "kl": "Coloured by the KL divergence from the model's final distribution: dark cells already say what the "
-          "model will say.",
+    "entropy": ("By entropy", "The entropy of each lens's distribution: dark cells are sure of their token."),
+    "target_prob": ("By the next token's probability",
+                    "The probability each lens gives the token that actually comes next (dark: high)."),
+    "kl": ("By KL to the output", "The KL divergence from the model's final distribution to the lens's: dark cells "
+           "already say what the model will say."),
 }
 
 
@@ -172,8 +173,8 @@ def trajectory_html(df: pd.DataFrame, *, prompt: int = 0, colors: Any = None) ->
     for c in colors:
         _check(df, c, prompt)
     esc = html.escape
-    sections = "\n".join(f"<h2>{esc(_ABOUT[c])}</h2>\n<div class=\"picture\">{trajectory_svg(df, color=c, prompt=prompt)}</div>"
-                         for c in colors)
+    sections = "\n".join(f'<h2>{esc(_ABOUT[c][0])}</h2>\n<p class="meta">{esc(_ABOUT[c][1])}</p>\n'
+                         f'<div class="picture">{trajectory_svg(df, color=c, prompt=prompt)}</div>' for c in colors)
     digest = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
     csp = f"default-src 'none'; style-src 'sha256-{digest}'; img-src data:; base-uri 'none'; form-action 'none'"
     a = df.attrs
