@@ -36,7 +36,8 @@ from interp.model import HookedGPT2
 from interp.tokens import decoder
 
 from .logit_lens import _boundaries, _lens, _positions, _resid_at_boundaries
-from .tuned_lens import TunedLens, training_windows
+from .lens_training import training_windows
+from .tuned_lens import TunedLens
 
 __all__ = ["evaluate_lenses", "prediction_trajectory", "LENSES", "COLOR_BY"]
 

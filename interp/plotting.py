@@ -395,25 +395,13 @@ def trajectory_figure(df: pd.DataFrame, *, color: str = "entropy", prompt: int =
     gives the token that actually comes next) or ``kl`` (its distance from the model's final
     distribution). All panels share one colour scale, so the lenses compare cell by cell.
     """
+    from .report.trajectory import trajectory_layout
+
     plt = _plt()
-    if color not in TRAJECTORY_COLORS:
-        raise InterpError(f"color must be one of {', '.join(TRAJECTORY_COLORS)}, not {color!r}")
-    for col in ("prompt", "lens", "boundary", "label", "position", "input_token", "token", color):
-        if col not in df.columns:
-            raise InterpError(f"column {col!r} missing: pass analyses.lens_compare.prediction_trajectory's table")
-    sub = df[df["prompt"] == prompt]
-    if sub.empty:
-        raise InterpError(f"prompt {prompt} not in the table (it has prompts {sorted(df['prompt'].unique())})")
-    lenses = list(dict.fromkeys(sub["lens"]))
-    positions = sorted(sub["position"].unique())
-    n_b = int(sub["boundary"].max()) + 1
-    labels = sub.drop_duplicates("boundary").sort_values("boundary")["label"].tolist()
-    inputs = sub.drop_duplicates("position").set_index("position")["input_token"]
-    label, cmap, vmax = TRAJECTORY_COLORS[color]
-    values = sub[color].to_numpy(float)
-    if vmax is None:
-        finite = values[np.isfinite(values)]
-        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    lay = trajectory_layout(df, color, prompt)  # the same checks and layout as the HTML report's picture
+    sub, lenses, positions, labels, inputs, vmax = lay.rows, lay.lenses, lay.positions, lay.labels, lay.inputs, lay.vmax
+    n_b = lay.n_boundaries
+    label, cmap, _ = TRAJECTORY_COLORS[color]
     col = {p: j for j, p in enumerate(positions)}
     width = min(1.2 + 0.62 * len(positions), 30)
     fig, axes = plt.subplots(1, len(lenses), figsize=(width * len(lenses) + 1.5, 1.6 + 0.42 * n_b), squeeze=False,

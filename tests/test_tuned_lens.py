@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 import interp
 from analyses.lens_compare import evaluate_lenses, prediction_trajectory
 from analyses.logit_lens import lens_logits, logit_lens
-from analyses.tuned_lens import TunedLens, TunedLensConfig, train_tuned_lens, unembed_hash
+from analyses.lens_training import train_tuned_lens
+from analyses.tuned_lens import TunedLens, TunedLensConfig, unembed_hash
 from interp import InterpError, testing
 from interp.cli import main
 

@@ -151,7 +151,7 @@ def read_interp_written(out: Path) -> None:
 def write_interp_lens(out: Path) -> None:
     """In interp's venv: train a lens with interp on the fixture model and save it (interp_written/)."""
     import interp
-    from analyses.tuned_lens import train_tuned_lens
+    from analyses.lens_training import train_tuned_lens
 
     import os
 

@@ -24,7 +24,7 @@ def bench_tuned_lens(ctx: Context) -> list[Row]:
     steps × 2,048 tokens on its training text), once, wall time including cutting the text into
     windows; its per-step time against a forward + backward of one step's batch (median of 3).
     """
-    from analyses.tuned_lens import train_tuned_lens, training_windows
+    from analyses.lens_training import train_tuned_lens, training_windows
 
     from ..gradients import read_gradients
     from ..loading import load

@@ -221,32 +221,34 @@ def _dla(model, args, positions, target, contrast, out: Outputs) -> int:
 
 
 # ---------------------------------------------------------------------------- train and eval
-def _documents(path, option: str):
-    """The text of --text, read before the model loads (None: the bundled corpus)."""
+def _check_text(path, option: str) -> None:
+    """--text is read once before the model loads, so that a missing or empty file fails first."""
     if path is None:
-        return None
+        return
+    import os
+
     from ..corpus import documents
     from .common import check_file
-    import os
 
     if not os.path.isdir(path):
         check_file(path, option)
     try:
-        return documents(path)
+        documents(path)
     except InterpError as e:
         raise InterpError(f"{option} {path}: {e}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
-    from analyses.tuned_lens import check_lens_target, train_tuned_lens
+    from analyses.lens_training import train_tuned_lens
+    from analyses.tuned_lens import check_lens_target
 
     try:
         check_lens_target(args.out)
     except InterpError as e:
         raise InterpError(f"--out {args.out}: {e}") from None
-    docs = _documents(args.text, "--text")
+    _check_text(args.text, "--text")
     model = load_model(args)
-    lens = train_tuned_lens(model, docs, steps=args.steps, tokens_per_step=args.tokens_per_step,
+    lens = train_tuned_lens(model, args.text, steps=args.steps, tokens_per_step=args.tokens_per_step,
                             batch_size=args.batch_size, seed=args.seed, progress=progress(args))
     lens.save(args.out)
     r = lens.record
@@ -265,12 +267,12 @@ def _eval(args: argparse.Namespace) -> int:
     from analyses.lens_compare import evaluate_lenses
 
     tuned = _read_lens(args.tuned, args.fold_ln, "--tuned")
-    docs = _documents(args.text, "--text")
+    _check_text(args.text, "--text")
     out = Outputs(args)
     model = load_model(args)
     if tuned is not None:
         _check_lens(tuned, model, "--tuned", args.tuned)
-    df = evaluate_lenses(model, tuned, docs, max_windows=args.max_windows, progress=progress(args))
+    df = evaluate_lenses(model, tuned, args.text, max_windows=args.max_windows, progress=progress(args))
     a = df.attrs
     print(f"lenses of {model.cfg.name} (fold_ln={model.cfg.fold_ln}) on {df['tokens'].iloc[0]:,} tokens "
           f"({a['windows']} windows of {a['n_ctx']}; {a['text']}): KL(final ‖ lens) and next-token cross-entropy, nats")

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import html
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,7 @@ import pandas as pd
 from ..errors import InterpError
 from .html import show_token
 
-__all__ = ["trajectory_svg", "trajectory_html", "COLORS"]
+__all__ = ["trajectory_svg", "trajectory_html", "trajectory_layout", "TrajectoryLayout", "COLORS"]
 
 #: colour -> (legend, anchors of a linear colour map from 0 to vmax, fixed vmax or None for the data's max).
 COLORS = {
@@ -68,7 +69,24 @@ def _short(token: str, n: int = 7) -> str:
     return token if len(token) <= n else token[: n - 1] + "…"
 
 
-def _check(df: Any, color: str, prompt: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class TrajectoryLayout:
+    """What a drawing of one prompt's trajectory needs: its rows, the lenses, positions, labels, colour scale."""
+
+    rows: pd.DataFrame  # the prompt's rows of the table
+    lenses: list
+    positions: list
+    labels: list  # boundary labels, embeddings first
+    inputs: pd.Series  # position -> input token
+    vmax: float  # the colour scale's top (its bottom is 0), shared by every lens
+
+    @property
+    def n_boundaries(self) -> int:
+        return len(self.labels)
+
+
+def trajectory_layout(df: Any, color: str, prompt: int = 0) -> TrajectoryLayout:
+    """Check :func:`analyses.lens_compare.prediction_trajectory`'s table and lay out one prompt of it."""
     if color not in COLORS:
         raise InterpError(f"color must be one of {', '.join(COLORS)}, not {color!r}")
     need = ("prompt", "lens", "boundary", "label", "position", "input_token", "token", "prob", "entropy", "kl",
@@ -78,22 +96,24 @@ def _check(df: Any, color: str, prompt: int) -> pd.DataFrame:
     sub = df[df["prompt"] == prompt]
     if sub.empty:
         raise InterpError(f"prompt {prompt} not in the table (it has prompts {sorted(df['prompt'].unique())})")
-    return sub
+    vmax = COLORS[color][2]
+    if vmax is None:
+        finite = [float(v) for v in sub[color] if math.isfinite(v)]
+        vmax = max(finite) if finite and max(finite) > 0 else 1.0
+    return TrajectoryLayout(
+        rows=sub, lenses=list(dict.fromkeys(sub["lens"])), positions=sorted(sub["position"].unique()),
+        labels=sub.drop_duplicates("boundary").sort_values("boundary")["label"].tolist(),
+        inputs=sub.drop_duplicates("position").set_index("position")["input_token"], vmax=float(vmax),
+    )
 
 
 def trajectory_svg(df: pd.DataFrame, *, color: str = "entropy", prompt: int = 0) -> str:
     """The trajectory of one prompt as one SVG document (see the module docs)."""
-    sub = _check(df, color, prompt)
+    lay = trajectory_layout(df, color, prompt)
+    sub, lenses, positions, labels, inputs, vmax = lay.rows, lay.lenses, lay.positions, lay.labels, lay.inputs, lay.vmax
+    n_b = lay.n_boundaries
     esc = lambda s: html.escape(str(s), quote=True)  # noqa: E731
-    lenses = list(dict.fromkeys(sub["lens"]))
-    positions = sorted(sub["position"].unique())
-    n_b = int(sub["boundary"].max()) + 1
-    labels = sub.drop_duplicates("boundary").sort_values("boundary")["label"].tolist()
-    inputs = sub.drop_duplicates("position").set_index("position")["input_token"]
-    legend, anchors, vmax = COLORS[color]
-    if vmax is None:
-        finite = [v for v in sub[color] if math.isfinite(v)]
-        vmax = max(finite) if finite and max(finite) > 0 else 1.0
+    legend, anchors, _ = COLORS[color]
     panel_w = CELL_W * len(positions)
     width = LEFT + len(lenses) * (panel_w + GAP) + 20
     height = TOP + n_b * CELL_H + 40 + 34
@@ -171,7 +191,7 @@ def trajectory_html(df: pd.DataFrame, *, prompt: int = 0, colors: Any = None) ->
     """The trajectory as one page: one picture per colouring (default all three), nothing else needed."""
     colors = list(COLORS) if colors is None else ([colors] if isinstance(colors, str) else list(colors))
     for c in colors:
-        _check(df, c, prompt)
+        trajectory_layout(df, c, prompt)
     esc = html.escape
     sections = "\n".join(f'<h2>{esc(_ABOUT[c][0])}</h2>\n<p class="meta">{esc(_ABOUT[c][1])}</p>\n'
                          f'<div class="picture">{trajectory_svg(df, color=c, prompt=prompt)}</div>' for c in colors)
