@@ -290,6 +290,18 @@ def test_trajectory_against_tuned_lens_s_logits(raw_model, outputs):
                     assert pd.isna(row["target"]) and np.isnan(row["target_prob"])
 
 
+def test_trajectory_positions_are_per_prompt_whatever_the_padding(raw_model):
+    lens = TunedLens.load(FIX / "lens_centred")
+    prompts = ["w1 w2 w3 w4 w5 w6", "w9 w8"]
+    both = prediction_trajectory(raw_model, raw_model.tokenize(prompts, padding_side="left"), tuned=lens)
+    for i, text in enumerate(prompts):
+        alone = prediction_trajectory(raw_model, text, tuned=lens).drop(columns="prompt").reset_index(drop=True)
+        mine = both[both["prompt"] == i].drop(columns="prompt").reset_index(drop=True)
+        assert mine[["lens", "boundary", "position", "token", "target"]].equals(
+            alone[["lens", "boundary", "position", "token", "target"]])
+        assert np.allclose(mine[["prob", "entropy", "kl"]], alone[["prob", "entropy", "kl"]], atol=1e-5)
+
+
 def test_logit_lens_table_with_a_tuned_lens(raw_model, outputs):
     ids = outputs["input_ids"][:1]
     lens = TunedLens.load(FIX / "lens_hf")
