@@ -58,7 +58,7 @@ from interp import probes, select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
 
-from .head_patterns import PATTERN_BUDGET, Options, scan_patterns
+from .head_patterns import PATTERN_BUDGET, Options, pattern_sums
 
 KINDS = ("previous_token", "self", "duplicate_token", "induction", "bos", "spread")
 #: Kinds that are a fraction of attention on chosen keys (``spread`` is an entropy).
@@ -144,7 +144,7 @@ def classify(
     thresholds = _thresholds(threshold)
     seqs = probes.sequences(model, inputs, prepend_bos=prepend_bos)
     opts = Options(kinds, head_idx, bool(exclude_bos), bool(exclude_current_token), measure, positions)
-    num, den, count = scan_patterns(model, seqs, layers, opts, batch_size, progress)
+    num, den, count = pattern_sums(model, seqs, layers, opts, batch_size, progress)
     df = _table(num, den, count, layers, head_idx, opts, thresholds)
     if chosen is not None:
         df = df[[(l, h) in chosen for l, h in zip(df["layer"], df["head"])]].reset_index(drop=True)

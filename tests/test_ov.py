@@ -15,7 +15,7 @@ from interp import probes
 from analyses import ov, ov_rank
 from interp.threads import one_thread
 from interp import testing
-from interp.circuits import head_output
+from analyses.ov import head_output
 from interp.cli import main
 from interp.errors import InterpError
 

@@ -194,7 +194,7 @@ def test_decomposition_parts_equal_hugging_faces(models, hf, fold):
 
 @pytest.mark.parametrize("fold", MODES, ids=["folded", "raw"])
 def test_head_output_equals_hugging_faces(models, hf, fold):
-    from interp.circuits import head_output
+    from analyses.ov import head_output
 
     m = models[fold]
     batch = inputs(m, "padded")

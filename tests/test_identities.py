@@ -1,10 +1,10 @@
-"""Identities of the circuit views: factored matrices, tensor-product head output, residual decomposition."""
+"""Identities of the model's views: factored QK/OV matrices, a head's output as A ⊗ W_OV, the residual decomposition."""
 
 import pytest
 import torch
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
-from interp.circuits import head_output
+from analyses.ov import head_output
 
 
 def test_qk_and_ov_are_the_products_they_claim(small_folded):
