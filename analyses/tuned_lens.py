@@ -107,10 +107,14 @@ def unembed_hash(model: HookedGPT2) -> Optional[str]:
     """
     if model.cfg.fold_ln:
         return None
-    weight = model.W_U.T.detach().cpu().float().numpy()
+    return model.cached("tuned_lens.unembed_hash", lambda: _tensor_hash(model.W_U.T))
+
+
+def _tensor_hash(weight: Tensor) -> str:
+    w = weight.detach().cpu().float().numpy()
     with np.printoptions(precision=1, threshold=1000, edgeitems=3, linewidth=75, suppress=False,
                          nanstr="nan", infstr="inf", sign="-", floatmode="maxprec", legacy=False):
-        return hashlib.sha256(np.array_str(weight, precision=1).encode()).hexdigest()
+        return hashlib.sha256(np.array_str(w, precision=1).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- the lens
