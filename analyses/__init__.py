@@ -2,6 +2,9 @@
 
 * :mod:`analyses.heads` — what kind of head is each head (``classify``);
 * :mod:`analyses.logit_lens` — the residual stream read through the unembedding, layer by layer;
+* :mod:`analyses.tuned_lens` — the tuned lens: a translator per layer, in tuned-lens's format;
+* :mod:`analyses.lens_training` — training it with tuned-lens's recipe;
+* :mod:`analyses.lens_compare` — the logit, pseudo-inverse and tuned lenses side by side;
 * :mod:`analyses.dla` — each component's direct contribution to a logit;
 * :mod:`analyses.ov` and :mod:`analyses.ov_rank` — OV spectra, copying scores, rank-k cuts;
 * :mod:`analyses.composition` — Q/K/V composition between heads;
@@ -12,7 +15,7 @@ Submodules load on first use (``analyses.heads`` imports only what classificatio
 
 import importlib
 
-__all__ = ["heads", "logit_lens", "dla", "ov", "ov_rank", "composition", "choose"]
+__all__ = ["heads", "logit_lens", "tuned_lens", "lens_training", "lens_compare", "dla", "ov", "ov_rank", "composition", "choose"]
 
 
 def __getattr__(name: str):

@@ -11,6 +11,8 @@ Two views (and :mod:`analyses.dla`, each component's direct contribution to a lo
   as a tidy DataFrame; :func:`lens_logits` gives the raw lens logits as a tensor.
 * ``unembed="pinv"`` — a second unembedding, the minimum-norm least-squares inverse of the
   embedding (:func:`pinv_unembedding`), compared against ``W_U`` in the output.
+* ``lens=tuned`` — the tuned lens (:class:`analyses.tuned_lens.TunedLens`): each boundary's stream
+  goes through its learned translator first; its boundaries are the embeddings and after each block.
 
 What "final LayerNorm on" means. With ``fold_ln=False`` models it is GPT-2's ``ln_f``:
 centre, divide by the scale, multiply by the gain, add the bias; then ``@ W_U + b_U``. With
@@ -40,7 +42,8 @@ from interp.errors import InterpError
 from interp.model import HookedGPT2
 from interp.tokens import Batch, decoder
 
-__all__ = ["logit_lens", "lens_logits", "LensLogits", "pinv_unembedding", "lens_summary", "describe", "UNEMBEDDINGS"]
+__all__ = ["logit_lens", "lens_logits", "LensLogits", "pinv_unembedding", "lens_summary", "describe", "UNEMBEDDINGS",
+           "lens_name"]
 
 #: The lenses: read the residual stream with the model's unembedding, or with the embedding's pseudo-inverse.
 UNEMBEDDINGS = {"wu": "W_U, the model's unembedding", "pinv": "pinv(W_E), the min-norm least-squares inverse of the embedding"}
@@ -121,9 +124,22 @@ def _lens(model: HookedGPT2, unembed: str, final_ln: bool) -> Callable[[Tensor],
     return lambda x: x @ B
 
 
-def _check_options(model: Any, k: Any, unembed: Any, final_ln: Any) -> None:
+def _check_options(model: Any, k: Any, unembed: Any, final_ln: Any, lens: Any = None, resid_post_only: Any = None) -> bool:
+    """Check the options; returns ``resid_post_only`` resolved (a tuned lens has only those boundaries)."""
     if not isinstance(model, HookedGPT2):
         raise InterpError(f"model must be an interp HookedGPT2 (from interp.load), not {type(model).__name__}")
+    if lens is not None:
+        from .tuned_lens import TunedLens
+
+        if not isinstance(lens, TunedLens):
+            raise InterpError(f"lens must be a TunedLens (analyses.tuned_lens), not {type(lens).__name__}")
+        if unembed != "wu" or final_ln is not True:
+            raise InterpError("a tuned lens decodes through the final LayerNorm and W_U: leave unembed='wu', final_ln=True")
+        if resid_post_only is False:
+            raise InterpError("a tuned lens has translators only at the embeddings and after each block: "
+                              "resid_post_only=False (after each attention layer) is not available")
+        lens.check(model)
+        resid_post_only = True
     if unembed not in UNEMBEDDINGS:
         raise InterpError(f"unembed must be one of {', '.join(map(repr, UNEMBEDDINGS))}, not {unembed!r}")
     if not isinstance(final_ln, bool):
@@ -131,6 +147,21 @@ def _check_options(model: Any, k: Any, unembed: Any, final_ln: Any) -> None:
     V = model.cfg.d_vocab
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
         raise InterpError(f"k must be an integer from 1 to the vocabulary size {V}, not {k!r}")
+    if resid_post_only is None:
+        return False
+    if not isinstance(resid_post_only, bool):
+        raise InterpError(f"resid_post_only must be True or False, not {resid_post_only!r}")
+    return resid_post_only
+
+
+def lens_name(unembed: str, lens: Any = None) -> str:
+    """The lens a table reads: ``logit`` (W_U), ``pinv`` or ``tuned``."""
+    return "tuned" if lens is not None else {"wu": "logit", "pinv": "pinv"}[unembed]
+
+
+def _translate(resid: Tensor, lens: Any) -> Tensor:
+    """Each boundary's stream through its translator (boundary b = the stream entering block b; the last unchanged)."""
+    return resid if lens is None else torch.stack([lens.translate(r, b) for b, r in enumerate(resid)])
 
 
 def _resid_at_boundaries(
@@ -165,6 +196,7 @@ class LensLogits:
     batch: Batch
     unembed: str
     final_ln: bool
+    lens: str = "logit"
 
 
 def lens_logits(
@@ -172,9 +204,10 @@ def lens_logits(
     inputs: Any,
     *,
     positions: Any = None,
-    resid_post_only: bool = False,
+    resid_post_only: Any = None,
     final_ln: Any = True,
     unembed: Any = "wu",
+    lens: Any = None,
     prepend_bos: bool = True,
 ) -> LensLogits:
     """The full lens logits ``[boundary, batch, pos, d_vocab]`` (see :func:`logit_lens` for the arguments).
@@ -190,14 +223,15 @@ def lens_logits(
     >>> bool(torch.allclose(lens.logits[-1, 0, 0], model("a b c a b")[0, -1], atol=1e-5))
     True
     """
-    _check_options(model, 1, unembed, final_ln)
+    resid_post_only = _check_options(model, 1, unembed, final_ln, lens, resid_post_only)
     with torch.no_grad():
         batch = model.to_batch(inputs, prepend_bos=prepend_bos)
         cols, rel, valid = _positions(batch, positions)
         bounds = _boundaries(model.cfg.n_layers, resid_post_only)
-        resid = _resid_at_boundaries(model, batch, cols, bounds)
+        resid = _translate(_resid_at_boundaries(model, batch, cols, bounds), lens)
         logits = _lens(model, unembed, final_ln)(resid)
-    return LensLogits(logits, [b[0] for b in bounds], [b[1] for b in bounds], rel, valid, batch, unembed, final_ln)
+    return LensLogits(logits, [b[0] for b in bounds], [b[1] for b in bounds], rel, valid, batch, unembed, final_ln,
+                      lens_name(unembed, lens))
 
 
 def logit_lens(
@@ -207,9 +241,10 @@ def logit_lens(
     positions: Any = None,
     k: Any = 5,
     target: Any = None,
-    resid_post_only: bool = False,
+    resid_post_only: Any = None,
     final_ln: Any = True,
     unembed: Any = "wu",
+    lens: Any = None,
     prepend_bos: bool = True,
     progress: Optional[bool] = None,
 ) -> pd.DataFrame:
@@ -227,11 +262,14 @@ def logit_lens(
         target: a token (string that is exactly one token, or an id), or one per prompt: adds its
             probability, log-probability, logit and rank at every boundary.
         resid_post_only: only the embeddings and the residual stream after each block (``L + 1``
-            boundaries) instead of after each attention layer and each MLP (``2L + 1``).
+            boundaries) instead of after each attention layer and each MLP (``2L + 1``); the
+            default with a tuned lens (the only boundaries it has).
         final_ln: apply the final LayerNorm before unembedding (see the module docs for what that
             means with folded and raw models); ``False`` gives the raw ``resid @ W_U``.
         unembed: ``"wu"`` (the model's unembedding) or ``"pinv"`` (:func:`pinv_unembedding`; the
             table then compares each cell with the ``W_U`` lens).
+        lens: a :class:`~analyses.tuned_lens.TunedLens`: read each boundary through its translator
+            first (checked against the model: shape, unembedding, weight mode).
         progress: a progress bar while unembedding many positions (default: only on a terminal).
 
     Returns:
@@ -243,7 +281,8 @@ def logit_lens(
         ``wu_token`` (the W_U lens's token at that rank), ``wu_top1_agrees`` and ``wu_corr`` (the
         Pearson correlation of the two lenses' scores over the vocabulary); and the lens used,
         ``unembed, final_ln``. For ``pinv``, ``logit`` is the least-squares coefficient and ``prob``
-        its softmax: read its ranks, not its probabilities' scale.
+        its softmax: read its ranks, not its probabilities' scale. ``lens`` names the lens
+        (``logit``, ``pinv`` or ``tuned``).
 
     >>> from interp.testing import planted_model
     >>> model = planted_model()     # its layer-1 induction head predicts the repeat of a sequence
@@ -256,14 +295,14 @@ def logit_lens(
     attn 1        0.999
      mlp 1        0.999
     """
-    _check_options(model, k, unembed, final_ln)
-    k = int(k)
+    resid_post_only = _check_options(model, k, unembed, final_ln, lens, resid_post_only)
+    k, tuned = int(k), lens
     with torch.no_grad():
         batch = model.to_batch(inputs, prepend_bos=prepend_bos)
         targets = _token_ids(model, target, len(batch), "target")
         cols, rel, valid = _positions(batch, positions)
         bounds = _boundaries(model.cfg.n_layers, resid_post_only)
-        resid = _resid_at_boundaries(model, batch, cols, bounds)[:, valid.to(cols.device)]  # [boundary, n, d_model]
+        resid = _translate(_resid_at_boundaries(model, batch, cols, bounds), tuned)[:, valid.to(cols.device)]  # [boundary, n, d_model]
         n_b, n = resid.shape[:2]
         prompt_of = torch.arange(len(batch))[:, None].expand_as(rel)[valid]  # [n]
         lens = _lens(model, unembed, final_ln)
@@ -306,9 +345,10 @@ def logit_lens(
         df["wu_token"] = [tok_text(i) for i in out["wu_top_id"].reshape(-1)]
         df["wu_top1_agrees"] = np.repeat(out["wu_top1_agrees"], k)
         df["wu_corr"] = np.repeat(out["wu_corr"], k)
-    df["unembed"], df["final_ln"] = unembed, final_ln
+    df["unembed"], df["final_ln"], df["lens"] = unembed, final_ln, lens_name(unembed, tuned)
     df = df.sort_values(["prompt", "position", "boundary", "rank"], kind="stable").reset_index(drop=True)
-    df.attrs.update(unembed=unembed, final_ln=final_ln, fold_ln=model.cfg.fold_ln, model=model.cfg.name)
+    df.attrs.update(unembed=unembed, final_ln=final_ln, fold_ln=model.cfg.fold_ln, model=model.cfg.name,
+                    lens=lens_name(unembed, tuned), tuned_lens=None if tuned is None else tuned.source)
     return select.tidy(df)
 
 
@@ -344,6 +384,9 @@ def _decoder(model: HookedGPT2) -> Callable[[int], str]:
 def describe(df: pd.DataFrame) -> str:
     """One line saying what a :func:`logit_lens` table reads: which unembedding, which final LayerNorm."""
     a = df.attrs
+    if a.get("lens") == "tuned":
+        return (f"tuned lens of {a['model']}: each boundary's translator from {a['tuned_lens']}, then the final "
+                "LayerNorm and W_U; probabilities of the next token")
     lens = {"wu": "W_U", "pinv": "pinv(W_E), compared with W_U"}[a["unembed"]]
     ln = "raw resid @ unembedding, no final LayerNorm"
     if a["final_ln"]:

@@ -294,7 +294,8 @@ def lines_figure(r, i: int):
 def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> list:
     """Write each head's heatmap and line view (and the summary heatmaps) of a report into ``directory``.
 
-    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}``. The
+    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}`` (and
+    ``trajectory.{fmt}`` when the report has the prediction trajectory). The
     set is drawn into a temporary directory beside ``directory`` first and moved in only when every
     figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
     of old and new figures). Returns the paths written.
@@ -350,6 +351,9 @@ def stage_figures(r, directory, fmt: str = "png", progress: Optional[bool] = Non
             heads_heatmap(r.scores, list(r.kinds), staged.staging / f"summary.{fmt}", title="head scores",
                           n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
             staged.names.append(f"summary.{fmt}")
+        if getattr(r, "trajectory", None) is not None:
+            save_figure(trajectory_figure(r.trajectory), staged.staging / f"trajectory.{fmt}", dpi=150)
+            staged.names.append(f"trajectory.{fmt}")
     except BaseException:
         staged.discard()
         raise
@@ -368,3 +372,97 @@ def _image_dir(directory) -> Path:
     except OSError as e:
         raise InterpError(f"cannot create the figure directory {directory}: {e.strerror}") from None
     return directory
+
+
+# ---------------------------------------------------------------------------- lenses side by side
+__all__ += ["trajectory_figure", "lens_quality_figure", "TRAJECTORY_COLORS"]
+
+#: What a trajectory cell's colour shows -> (colour bar label, colormap, fixed vmax or None for the data's max).
+TRAJECTORY_COLORS = {
+    "entropy": ("entropy of the lens's distribution (nats)", "viridis", None),
+    "target_prob": ("probability of the next token", "Blues", 1.0),
+    "kl": ("KL(final ‖ lens) (nats)", "viridis", None),
+}
+_LENS_TITLES = {"logit": "logit lens", "pinv": "pseudo-inverse lens (pinv W_E)", "tuned": "tuned lens"}
+
+
+def trajectory_figure(df: pd.DataFrame, *, color: str = "entropy", prompt: int = 0, title: str = ""):
+    """The prediction trajectory: one panel per lens, side by side, boundaries × positions.
+
+    ``df`` is :func:`analyses.lens_compare.prediction_trajectory`'s table. Each cell shows the lens's
+    top token at that boundary (embeddings at the bottom, the model's output at the top) and position,
+    coloured by ``color``: ``entropy`` (how sure the lens is), ``target_prob`` (the probability it
+    gives the token that actually comes next) or ``kl`` (its distance from the model's final
+    distribution). All panels share one colour scale, so the lenses compare cell by cell.
+    """
+    from .report.trajectory import trajectory_layout
+
+    plt = _plt()
+    lay = trajectory_layout(df, color, prompt)  # the same checks and layout as the HTML report's picture
+    sub, lenses, positions, labels, inputs, vmax = lay.rows, lay.lenses, lay.positions, lay.labels, lay.inputs, lay.vmax
+    n_b = lay.n_boundaries
+    label, cmap, _ = TRAJECTORY_COLORS[color]
+    col = {p: j for j, p in enumerate(positions)}
+    width = min(1.2 + 0.62 * len(positions), 30)
+    fig, axes = plt.subplots(1, len(lenses), figsize=(width * len(lenses) + 1.5, 1.6 + 0.42 * n_b), squeeze=False,
+                             sharey=True, gridspec_kw={"wspace": 0.08})
+    im = None
+    for ax, lens in zip(axes[0], lenses):
+        cells = sub[sub["lens"] == lens]
+        grid = np.full((n_b, len(positions)), np.nan)
+        text = np.full((n_b, len(positions)), "", dtype=object)
+        for r in cells.itertuples():
+            grid[r.boundary, col[r.position]] = getattr(r, color)
+            text[r.boundary, col[r.position]] = r.token
+        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax, aspect="auto", origin="lower", interpolation="nearest")
+        if grid.size <= 1500:
+            for (i, j), v in np.ndenumerate(grid):
+                if text[i, j]:
+                    shade = im.cmap(im.norm(v)) if np.isfinite(v) else (1.0, 1.0, 1.0, 1.0)
+                    ax.text(j, i, _short(show_token(text[i, j]), 7), ha="center", va="center", fontsize=6.5,
+                            color=label_color(shade), parse_math=False, fontfamily="monospace")
+        ax.set_xticks(range(len(positions)),
+                      [f"{_short(show_token(inputs[p]), 7)}\n{p}" for p in positions], fontsize=6.5)
+        ax.set_title(_LENS_TITLES.get(lens, lens), fontsize=10)
+        ax.set_xlabel("input token / position")
+    axes[0, 0].set_yticks(range(n_b), labels)
+    axes[0, 0].set_ylabel("residual stream after")
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.01, label=label)
+    fig.suptitle(title or f"prediction trajectory of {df.attrs.get('model', 'the model')}: each cell the lens's top "
+                 f"next token, coloured by {color.replace('_', ' ')}", y=1.0 + 0.25 / fig.get_figheight())
+    return fig
+
+
+def lens_quality_figure(df: pd.DataFrame, *, title: str = ""):
+    """Per-boundary KL to the final distribution (log scale) and next-token cross-entropy, one line per lens.
+
+    ``df`` is :func:`analyses.lens_compare.evaluate_lenses`'s table. The logit and tuned lenses' KL is
+    exactly 0 at the last boundary (the model itself), which a log scale cannot draw: those points are left out.
+    """
+    plt = _plt()
+    for c in ("lens", "boundary", "label", "kl", "ce"):
+        if c not in df.columns:
+            raise InterpError(f"column {c!r} missing: pass analyses.lens_compare.evaluate_lenses's table")
+    labels = df.drop_duplicates("boundary").sort_values("boundary")["label"].tolist()
+    fig, (kax, cax) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"wspace": 0.3})
+    for lens, cells in df.groupby("lens", sort=False):
+        cells = cells.sort_values("boundary")
+        kl = cells["kl"].to_numpy(float)
+        kax.plot(cells["boundary"][kl > 0], kl[kl > 0], marker="o", label=_LENS_TITLES.get(lens, lens))
+        cax.plot(cells["boundary"], cells["ce"], marker="o", label=_LENS_TITLES.get(lens, lens))
+    kax.set_yscale("log")
+    kax.set_ylabel("KL(final ‖ lens), nats/token")
+    cax.set_ylabel("cross-entropy on the next token, nats")
+    for ax in (kax, cax):
+        ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=8)
+        ax.set_xlabel("residual stream after")
+        ax.grid(alpha=0.3)
+    cax.legend(fontsize=8, frameon=False)
+    zero = sorted(set(df.loc[df["kl"] <= 0, "lens"]))
+    if zero:
+        kax.text(0.99, 0.01, f"KL = 0 (not drawn): {', '.join(zero)} at {labels[-1]}", transform=kax.transAxes,
+                 ha="right", va="bottom", fontsize=7, color="#555555")
+    n = df["tokens"].iloc[0] if "tokens" in df.columns else None
+    held = "held-out " if "held-out" in str(df.attrs.get("text", "")) else ""
+    fig.suptitle(title or f"lens quality on {df.attrs.get('model', 'the model')}" + (f" ({n:,} {held}tokens)" if n else ""))
+    return fig

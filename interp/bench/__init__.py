@@ -176,7 +176,7 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     if threads:
         torch.set_num_threads(threads)
-    from . import analyses, attribution, features, interventions, startup  # noqa: F401  (their sections register in SECTIONS)
+    from . import analyses, attribution, features, interventions, startup, tuned_lens  # noqa: F401  (their sections register in SECTIONS)
 
     names = only or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]

@@ -38,6 +38,9 @@ def add(sub) -> None:
     p.add_argument("--line-top-k", type=count("a number of lines"), default=8,
                    help="lines per query in the line view (default 8)")
     p.add_argument("--line-min-weight", type=float, default=0.01, help="no line below this weight (default 0.01)")
+    p.add_argument("--trajectory", action="store_true",
+                   help="add the prompt's prediction trajectory (logit and pseudo-inverse lenses; with --tuned also the tuned lens)")
+    p.add_argument("--tuned", metavar="DIR", help="a tuned lens for the trajectory (a directory, or interp-tiny); implies --trajectory")
     add_model_args(p)
     add_progress(p)
 
@@ -55,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.out or args.png or args.svg or args.csv):
         raise InterpError("nothing to write: give --out report.html (and/or --png-dir DIR, --svg-dir DIR, --csv FILE)")
     check_outputs(args.out, png=args.png, svg=args.svg, csv=args.csv)  # fail before loading the model
+    from .lens import _read_lens
+
+    tuned = _read_lens(args.tuned, args.fold_ln, "--tuned")
     prompt = args.prompt if args.prompt is not None else read_text(args.file, "--file")
     if args.file is not None and prompt.endswith("\n"):
         prompt = prompt[:-1]  # the newline an editor adds at the end of a file is not part of the prompt
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         model, prompt, args.out, png=args.png, svg=args.svg, csv=args.csv, heads=args.heads, top=args.top,
         kind=args.kind, classify_on=args.classify_on, scores=False if args.no_scores else None,
         line_top_k=args.line_top_k, line_min_weight=args.line_min_weight, progress=progress(args),
+        trajectory=tuned if tuned is not None else (True if args.trajectory else None),
     )
     print_table(report.summary_table())
     for what, path in (("report", args.out), ("CSV", args.csv), ("PNG files into", args.png), ("SVG files into", args.svg)):

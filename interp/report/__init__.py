@@ -68,6 +68,8 @@ class Report:
         n_layers, n_heads: the model's shape (for the summary heatmaps).
         line_top_k: lines drawn per query in the line view (the strongest keys).
         line_min_weight: weights below this get no line (they still show on hover).
+        trajectory: the prompt's prediction trajectory
+            (:func:`analyses.lens_compare.prediction_trajectory`), drawn in its own section; or None.
     """
 
     model_name: str
@@ -83,6 +85,7 @@ class Report:
     n_heads: int
     line_top_k: int = 8
     line_min_weight: float = 0.01
+    trajectory: Optional[pd.DataFrame] = None
 
     def head_scores(self, layer: int, head: int) -> Optional[dict]:
         """The classifier's row for one head as a dict, or None without scores."""
@@ -153,6 +156,7 @@ def build_report(
     scores: Any = None,
     line_top_k: int = 8,
     line_min_weight: float = 0.01,
+    trajectory: Any = None,
     progress: Optional[bool] = None,
 ) -> Report:
     """Compute a report's data: choose heads, classify every head, read the chosen patterns.
@@ -176,6 +180,8 @@ def build_report(
             required and the summary section is left out).
         line_top_k: lines per query in the line view (its strongest keys).
         line_min_weight: no line for weights below this (hovering still shows them).
+        trajectory: add the prompt's prediction trajectory: ``True`` (the logit and pseudo-inverse
+            lenses) or a :class:`~analyses.tuned_lens.TunedLens` (and the tuned lens).
         progress: passed to the classifier's progress bar (None: only on a terminal).
 
     >>> from interp.testing import planted_model
@@ -195,6 +201,7 @@ def build_report(
         raise InterpError(f"line_min_weight must be a number in [0, 1], not {line_min_weight!r}")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     kinds = tuple(KINDS)
+    tuned = _trajectory_lens(model, trajectory)
     check_choice(model, heads, top, kind, kinds)  # the cheap checks, before anything runs
     tokens = _tokens(model, prompt)
     if scores is None:
@@ -229,6 +236,7 @@ def build_report(
         heads=chosen, reasons=reasons, patterns=_patterns(model, tokens, chosen), scores=scores,
         scores_source=source, kinds=kinds, n_layers=L, n_heads=H, line_top_k=int(line_top_k),
         line_min_weight=float(line_min_weight),
+        trajectory=None if trajectory is None or trajectory is False else _trajectory(model, tokens, tuned),
     )
 
 
@@ -248,6 +256,24 @@ def _patterns(model, tokens: Tensor, chosen: list) -> Tensor:
         model.run(tokens, hooks=[(f"pattern.{layer}", keeper(layer)) for layer in by_layer],
                   stop_at_layer=max(by_layer) + 1, logits=False)
     return torch.stack([kept[layer][by_layer[layer].index(head)] for layer, head in chosen])
+
+
+def _trajectory_lens(model, trajectory: Any):
+    """The tuned lens of ``trajectory=`` (None for none or ``True``), checked before anything runs."""
+    if trajectory is None or trajectory is False or trajectory is True:
+        return None
+    from analyses.tuned_lens import TunedLens
+
+    if not isinstance(trajectory, TunedLens):
+        raise InterpError(f"trajectory must be True, False/None or a TunedLens, not {type(trajectory).__name__}")
+    trajectory.check(model)
+    return trajectory
+
+
+def _trajectory(model, tokens: Tensor, tuned) -> pd.DataFrame:
+    from analyses.lens_compare import prediction_trajectory
+
+    return prediction_trajectory(model, tokens, tuned=tuned)
 
 
 def _estimate_bytes(n_heads: int, p: int) -> int:

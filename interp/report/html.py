@@ -132,6 +132,7 @@ _PAGE = """<!DOCTYPE html>
 <div class="status" id="summary-status"></div>
 <h2>Heads</h2>
 <div id="heads"></div>
+{trajectory}
 <script type="application/json" id="report-data">{data}</script>
 <script>{js}</script>
 </body>
@@ -153,5 +154,18 @@ def render(r) -> str:
            "img-src data:; base-uri 'none'; form-action 'none'")
     return _PAGE.format(
         csp=csp, version=__version__, title=html.escape(f"Attention report · {r.model_name}"), css=css,
-        data=json_for_script(_page_data(r)), js=js,
+        data=json_for_script(_page_data(r)), js=js, trajectory=_trajectory_section(r),
     )
+
+
+def _trajectory_section(r) -> str:
+    """The prediction trajectory, drawn here as static SVG (no script needed; presentation attributes only)."""
+    if getattr(r, "trajectory", None) is None:
+        return ""
+    from .trajectory import trajectory_svg
+
+    about = ("What each lens predicts at every layer boundary: rows are the residual stream entering each block "
+             "(embed) and after each block (the top row is the model's output), each cell the lens's top next "
+             "token, coloured by its distribution's entropy (dark: sure). Hover a cell for its numbers.")
+    return (f'<h2>Prediction trajectory</h2>\n<p class="meta">{html.escape(about)}</p>\n'
+            f'<div class="trajectory">{trajectory_svg(r.trajectory, color="entropy")}</div>')
