@@ -1,6 +1,17 @@
-"""Sparse features: SAEs and transcoders, their pages and attribution graphs (see /work/notes/features-api.md).
+"""Sparse features: SAEs and transcoders trained on the model's own activations, in SAELens's format.
 
-Names are imported on first use (PEP 562), as in :mod:`interp`.
+Each name is imported on first use (PEP 562), like :mod:`interp`'s own:
+
+* :class:`SAE`, :class:`SAEConfig` (:mod:`interp.features.sae`) — sparse autoencoders and
+  transcoders, SAELens's arithmetic and files;
+* :class:`ActivationStore` (:mod:`interp.features.store`) — activations at one or several hook
+  points from one forward pass, shuffled in a bounded buffer, optionally cached on disk;
+* :func:`train` (:mod:`interp.features.training`), :func:`evaluate`
+  (:mod:`interp.features.evaluation`), :func:`splice` (:mod:`interp.features.splice`).
+
+>>> import interp.features as features
+>>> features.SAEConfig("standard", d_in=4, d_sae=8).d_out
+4
 """
 
 from __future__ import annotations
@@ -8,6 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: public name -> the module that defines it.
 _EXPORTS = {
     "SAE": ".sae",
     "SAEConfig": ".sae",
