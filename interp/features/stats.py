@@ -336,15 +336,93 @@ class FeatureStats:
         ``tokens`` are the window's ids (-1 outside the text window); ``pos`` is the example's
         token position in its window of text (BOS = 0), at index ``left`` of its token window.
         """
-        t = {k: v[feature] for k, v in self._top.items()}
-        full = torch.nonzero(t["value"] > float("-inf")).flatten()
-        order, _ = _ranks(torch.zeros(len(full), dtype=torch.long), _ordered(-t["value"][full]), t["window"][full])
-        i = full[order]
-        out = {"value": t["value"][i].tolist(), "window": t["window"][i].tolist(), "pos": t["pos"][i].tolist(),
-               "tokens": t["tokens"][i].tolist(), "values": t["acts"][i].tolist()}
+        ex = self.examples(torch.tensor([feature]))
+        sel = ex["group"] == -1
+        out = {"value": ex["value"][sel].tolist(), "window": ex["window"][sel].tolist(), "pos": ex["pos"][sel].tolist(),
+               "tokens": ex["tokens"][sel].tolist(), "values": ex["acts"][sel].tolist()}
         if self.with_dfa:
-            out["dfa"] = t["dfa"][i].tolist()
+            out["dfa"] = ex["dfa"][sel].tolist()
         return out
+
+    def examples(self, features: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """Every kept example of ``features`` (default all), as flat tensors ordered by feature, then group.
+
+        Keys: ``feature`` (position in ``features``), ``group`` (-1: a top example, best first;
+        ``i ≥ 0``: a sample of activation interval ``i`` of :meth:`interval_edges`, highest value
+        first), ``value``, ``window``, ``pos``, ``tokens`` and ``acts`` (``[n, window]``), ``dfa``
+        (zeros for interval samples, or absent).
+        """
+        feats = torch.arange(self.n_features) if features is None else torch.as_tensor(features, dtype=torch.long)
+        n_f = len(feats)
+        parts = []
+        if self.n_examples:
+            t = {k: v[feats].reshape(n_f * self.n_examples, *v.shape[2:]) for k, v in self._top.items()}
+            local = torch.arange(n_f).repeat_interleave(self.n_examples)
+            full = t["value"] > float("-inf")
+            order, _ = _ranks(local[full], _ordered(-t["value"][full]), t["window"][full])
+            i = torch.nonzero(full).flatten()[order]
+            part = {k: v[i] for k, v in t.items()}
+            part["feature"], part["group"] = local[i], torch.full((len(i),), -1, dtype=torch.long)
+            parts.append(part)
+        if self.bin_examples:
+            lo, hi, share, k = self.interval_edges(feats)
+            S, NS = self.bin_examples, SAMPLE_BINS
+            smp = {key: v[feats].reshape(n_f * NS * S, *v.shape[3:]) for key, v in self._smp.items()}
+            local = torch.arange(n_f).repeat_interleave(NS * S)
+            sb = torch.arange(NS).repeat_interleave(S).repeat(n_f)
+            edges = self._edges(feats)  # [n_f, n_bins + 1], in sample bins
+            group = (sb[:, None] >= edges[local][:, 1:]).sum(1)  # the interval a sample bin falls in
+            full = (smp["key"] < _EMPTY_KEY) & (group < k[local])
+            idx = torch.nonzero(full).flatten()
+            seg = local[idx] * self.n_bins + group[idx]
+            tid = smp["window"][idx] * (1 << 20) + smp["pos"][idx]
+            order, rank = _ranks(seg, smp["key"][idx], tid)
+            chosen = idx[order[rank < S]]
+            # within an interval: highest value first
+            seg = local[chosen] * self.n_bins + group[chosen]
+            order, _ = _ranks(seg, _ordered(-smp["value"][chosen]), smp["window"][chosen] * (1 << 20) + smp["pos"][chosen])
+            chosen = chosen[order]
+            part = {key: smp[key][chosen] for key in ("value", "window", "pos", "tokens", "acts")}
+            if self.with_dfa:
+                part["dfa"] = torch.zeros_like(part["acts"])
+            part["feature"], part["group"] = local[chosen], group[chosen]
+            parts.append(part)
+        if not parts:
+            return {k: torch.zeros(0) for k in ("feature", "group", "value", "window", "pos", "tokens", "acts")}
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "key"}
+        order, _ = _ranks(out["feature"], out["group"] + 1, torch.arange(len(out["feature"])))
+        return {k: v[order] for k, v in out.items()}
+
+    def _edges(self, feats: Tensor) -> Tensor:
+        """Interval edges in sample bins ``[len(feats), n_bins + 1]`` (unused intervals repeat the last edge)."""
+        used, k = self._used(feats)
+        i = torch.arange(self.n_bins + 1)[None, :].clamp(max=k[:, None])
+        return torch.round(i * used[:, None] / k[:, None]).long()
+
+    def _used(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        ws = torch.exp2(self.exp[feats].double()) * _GROUP
+        used = torch.clamp(torch.floor(self.max[feats].double() / ws).long() + 1, max=SAMPLE_BINS)
+        return used, torch.clamp(used, max=self.n_bins)
+
+    def interval_edges(self, features: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The activation intervals of ``features``: ``lo, hi, share`` ``[n, n_bins]`` and how many each has ``[n]``.
+
+        Up to ``n_bins`` intervals of about equal width from 0 to the max activation (edges on the
+        sample bins' grid); ``share`` is the fraction of the feature's firings in ``[lo, hi)`` (the
+        last interval includes the max). A dead feature has none.
+        """
+        feats = torch.arange(self.n_features) if features is None else torch.as_tensor(features, dtype=torch.long)
+        used, k = self._used(feats)
+        k = torch.where(self.nonzero[feats] > 0, k, 0)
+        edges = self._edges(feats)
+        ws = torch.exp2(self.exp[feats].double()) * _GROUP
+        lo, hi = edges[:, :-1] * ws[:, None], edges[:, 1:] * ws[:, None]
+        last = (torch.arange(self.n_bins)[None, :] == (k - 1)[:, None])
+        hi = torch.where(last, self.max[feats].double()[:, None], hi)
+        per_bin = self.hist[feats].view(len(feats), SAMPLE_BINS, _GROUP).sum(-1)
+        cum = torch.cat([torch.zeros(len(feats), 1, dtype=torch.long), per_bin.cumsum(1)], 1)
+        share = (cum.gather(1, edges[:, 1:]) - cum.gather(1, edges[:, :-1])).double() / self.nonzero[feats].clamp(min=1)[:, None]
+        return lo, hi, share, k
 
     def histogram(self, feature: int) -> tuple[list[float], list[int]]:
         """The activation histogram for display: bin centres and counts (pairs of fine bins merged).
@@ -365,37 +443,18 @@ class FeatureStats:
         return centres, merged.tolist()
 
     def intervals(self, feature: int) -> list[dict]:
-        """The bin examples: up to ``n_bins`` intervals from 0 to the max activation, lowest first.
+        """The bin examples of one feature: up to ``n_bins`` intervals from 0 to the max activation, lowest first.
 
-        Each is ``{"lo", "hi", "share", "examples"}``: ``share`` is the fraction of the feature's
-        firings with an activation in ``[lo, hi)`` (the last interval includes the max), and
-        ``examples`` (highest activation first) are dicts as :meth:`top` gives for one example.
-        Empty for a dead feature.
+        Each is ``{"lo", "hi", "share", "examples"}`` (see :meth:`interval_edges`); ``examples``
+        (highest activation first) are dicts as :meth:`top` gives for one example. Empty for a dead feature.
         """
-        n = int(self.nonzero[feature])
-        if n == 0:
-            return []
-        w = 2.0 ** int(self.exp[feature])
-        ws = w * _GROUP
-        mx = float(self.max[feature])
-        used = min(int(mx // ws) + 1, SAMPLE_BINS)
-        k = min(self.n_bins, used)
-        edges = [round(i * used / k) for i in range(k + 1)]
-        smp = {key: t[feature] for key, t in self._smp.items()}
+        f = torch.tensor([feature])
+        lo, hi, share, k = self.interval_edges(f)
+        ex = self.examples(f)
         out = []
-        for i in range(k):
-            a, z = edges[i], edges[i + 1]
-            share = int(self.hist[feature, a * _GROUP:z * _GROUP].sum()) / n
-            keys = smp["key"][a:z].flatten()
-            idx = torch.nonzero(keys < _EMPTY_KEY).flatten()
-            tid = (smp["window"][a:z].flatten() * (1 << 20) + smp["pos"][a:z].flatten())[idx]
-            order, _ = _ranks(torch.zeros(len(idx), dtype=torch.long), keys[idx], tid)
-            chosen = idx[order[: self.bin_examples]]
-            vals = smp["value"][a:z].flatten()[chosen]
-            chosen = chosen[torch.sort(-vals, stable=True).indices]
-            ex = [{"value": float(smp["value"][a:z].flatten()[j]), "window": int(smp["window"][a:z].flatten()[j]),
-                   "pos": int(smp["pos"][a:z].flatten()[j]),
-                   "tokens": smp["tokens"][a:z].reshape(-1, self.width)[j].tolist(),
-                   "values": smp["acts"][a:z].reshape(-1, self.width)[j].tolist()} for j in chosen.tolist()]
-            out.append({"lo": a * ws, "hi": mx if i == k - 1 else z * ws, "share": share, "examples": ex})
+        for i in range(int(k[0])):
+            sel = torch.nonzero(ex["group"] == i).flatten().tolist()
+            out.append({"lo": float(lo[0, i]), "hi": float(hi[0, i]), "share": float(share[0, i]), "examples": [
+                {"value": float(ex["value"][j]), "window": int(ex["window"][j]), "pos": int(ex["pos"][j]),
+                 "tokens": ex["tokens"][j].tolist(), "values": ex["acts"][j].tolist()} for j in sel]})
         return out
