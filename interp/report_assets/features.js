@@ -156,7 +156,9 @@
     var n = ys.length;
     if (!n) return svg;
     var ymax = Math.max.apply(null, ys.concat([1])), step = xs.length > 1 ? xs[1] - xs[0] : 1;
-    var x0 = xs[0] - step / 2, x1 = xs[n - 1] + step / 2, sx = width / (x1 - x0 || 1);
+    var x0 = xs[0] - step / 2, x1 = xs[n - 1] + step / 2;
+    if (xs[0] >= 0) x0 = Math.max(0, x0); // activations: the first bin starts at 0 (centres are rounded)
+    var sx = width / (x1 - x0 || 1);
     (intervals || []).forEach(function (iv, k) {
       svg.appendChild(sv("rect", { "class": "iv" + (k % 2 ? " odd" : ""), x: (iv.lo - x0) * sx, y: 0,
         width: Math.max(0, (iv.hi - iv.lo) * sx), height: height }));
