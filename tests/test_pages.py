@@ -17,7 +17,7 @@ WORDS = [f"w{i}" for i in range(40)]
 
 
 # ---------------------------------------------------------------------------- streaming statistics
-def _random_acts(N=40, P=16, F=7, seed=0):
+def _random_acts(N=40, P=16, F=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(1, 100, (N, P), generator=g)
     tokens[:, 0] = 0
@@ -25,6 +25,8 @@ def _random_acts(N=40, P=16, F=7, seed=0):
     acts[:, :, 3] = 0  # a dead feature
     acts[5, 3, 4] = acts[9, 7, 4] = acts.max() + 1  # a tie for the top: the earlier window wins
     acts[:, 0, 5] = 50.0  # huge on every BOS: must count for nothing
+    acts[:, :, 7] = 0
+    acts[:, 2, 7] = acts[:, 9, 7] = 2.5  # every window ties, twice: the first windows, at their first position
     return tokens, acts
 
 
@@ -79,6 +81,7 @@ def test_streaming_equals_one_shot_reference_for_any_chunking():
             assert iv["share"] == pytest.approx(len(w) / int((x > 0).sum()))
             assert all(iv["lo"] <= e["value"] and (e["value"] < iv["hi"] or top_iv) for e in iv["examples"])
     assert a.top(4)["window"][:2] == [5, 9] and a.top(5)["value"][0] < 50
+    assert a.top(7)["window"] == [0, 1, 2, 3] and a.top(7)["pos"] == [2, 2, 2, 2]
 
 
 def test_stats_memory_is_bounded():
