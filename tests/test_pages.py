@@ -75,7 +75,7 @@ def test_streaming_equals_one_shot_reference_for_any_chunking():
         for iv in a.intervals(f):  # each interval's sample: the 3 smallest hash keys among its tokens
             top_iv = iv["hi"] == float(x.max())
             w, p = torch.nonzero((x > 0) & (x >= iv["lo"]) & ((x < iv["hi"]) | top_iv)).T
-            keys = hash_keys(w, p + 1, torch.full_like(w, f), 0)
+            keys = hash_keys(w, p + 1, 0)
             want = sorted(zip(keys.tolist(), w.tolist(), (p + 1).tolist()))[:3]
             assert sorted((e["window"], e["pos"]) for e in iv["examples"]) == sorted((w_, p_) for _, w_, p_ in want)
             assert iv["share"] == pytest.approx(len(w) / int((x > 0).sum()))

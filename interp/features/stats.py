@@ -12,8 +12,9 @@ window of text that starts with BOS) and keeps, for every feature at once:
   window's largest activation, at its first position), ties going to the earlier window;
 * a uniform random sample of the tokens where it fires within each of :data:`SAMPLE_BINS`
   equal-width activation intervals (the histogram's bins, eight at a time), ``bin_examples`` each:
-  a token is kept if its hash key — a function of (window number, position, feature, seed), not of
-  the batching — is among the smallest of its interval (a bottom-k sketch). A union of intervals
+  a token is kept if its hash key — a function of (window number, position, seed), not of the
+  batching — is among the smallest of its interval (a bottom-k sketch; one key per token serves
+  every feature). A union of intervals
   keeps the bottom-k of the union, so the intervals shown at the end (``n_bins`` groups of
   neighbouring sample bins spanning 0 to the max) are exact uniform samples too.
 
@@ -70,20 +71,9 @@ def _mix32(x: Tensor) -> Tensor:
     return (x >> 16) ^ x
 
 
-def hash_keys(window: Tensor, pos: Tensor, feature: Tensor, seed: int, n_pos: Optional[int] = None) -> Tensor:
-    """32-bit keys (int64) for (window, position, feature) triples: a pseudo-random order independent of batching.
-
-    With ``n_pos`` (every position is below it), the (window, position) part is hashed once per token
-    and gathered, not once per triple: the same keys, fewer operations when a token has many triples.
-    """
-    if n_pos is not None and window.numel() > 0:
-        w0 = int(window.min())
-        tokens = torch.arange((int(window.max()) - w0 + 1) * n_pos)
-        base = _mix32(_mix32((w0 + tokens // n_pos) * 0x9E3779B1 + seed) ^ (tokens % n_pos))
-        return _mix32(base[(window - w0) * n_pos + pos] ^ feature)
-    h = _mix32(window * 0x9E3779B1 + seed)
-    h = _mix32(h ^ pos)
-    return _mix32(h ^ feature)
+def hash_keys(window: Tensor, pos: Tensor, seed: int) -> Tensor:
+    """32-bit keys (int64) of tokens, by (window number, position): a pseudo-random order independent of batching."""
+    return _mix32(_mix32(window * 0x9E3779B1 + seed) ^ pos)
 
 
 def _ordered(x: Tensor) -> Tensor:
@@ -211,7 +201,8 @@ class FeatureStats:
         f = idx - row * F
         b = row // (P - 1)
         p = row - b * (P - 1) + 1
-        v = acts.view(-1)[idx + (b + 1) * F]  # the same entry in the full [B, P, F] (one BOS row per window before)
+        # The same entries in the full [B, P, F] (one BOS row per window before); numpy's take is the faster gather.
+        v = torch.from_numpy(np.take(acts.numpy().reshape(-1), (idx + (b + 1) * F).numpy()))
         w0 = self.n_windows
         self.n_windows += B
         self.n_tokens += B * (P - 1)
@@ -263,19 +254,20 @@ class FeatureStats:
         K, F = self.n_examples, self.n_features
         if K == 0:
             return
-        P = tokens.shape[1]
-        key = b * F + f  # one candidate per (window, feature): the window's max, at its first position
-        smax = torch.zeros(int(tokens.shape[0]) * F).scatter_reduce_(0, key, v, "amax")
-        at_max = v == smax[key]
-        first = torch.full_like(smax, P, dtype=torch.long).scatter_reduce_(0, key[at_max], p[at_max], "amin")
-        cand = torch.nonzero(smax > 0).flatten()
-        cb, cf, cv, cp = cand // F, cand % F, smax[cand], first[cand]
+        B, P = tokens.shape
         top = self._top
+        key = b * F + f  # one candidate per (window, feature): the window's max, at its first position
+        smax = torch.zeros(B * F).scatter_reduce_(0, key, v, "amax")
         # A window later than every kept one enters only by beating the worst kept value (ties keep the earlier).
-        enter = cv > top["value"].amin(1)[cf]
-        cb, cf, cv, cp = cb[enter], cf[enter], cv[enter], cp[enter]
-        if cv.numel() == 0:
+        cand = torch.nonzero((smax.view(B, F) > top["value"].amin(1).clamp(min=0)[None, :]).view(-1)).flatten()
+        if cand.numel() == 0:
             return
+        entering = torch.zeros(B * F, dtype=torch.bool)
+        entering[cand] = True
+        at = entering[key]
+        at[at.clone()] = v[at] == smax[key[at]]
+        first = torch.full((B * F,), P, dtype=torch.long).scatter_reduce_(0, key[at], p[at], "amin")
+        cb, cf, cv, cp = cand // F, cand % F, smax[cand], first[cand]
         cw = w0 + cb
         feats = torch.unique(cf)
         pick, slots = _admit(feats, K, torch.searchsorted(feats, cf),
@@ -291,21 +283,25 @@ class FeatureStats:
         if S == 0:
             return
         smp = self._smp
-        sb = bins // _GROUP
-        key = hash_keys(w0 + b, p, f, self.seed, n_pos=tokens.shape[1])
-        tid = (w0 + b) * (1 << 20) + p
+        B, P = tokens.shape
         grown = self.exp != old_exp
         if grown.any():
             self._rebin(torch.nonzero(grown).flatten())
-        # A token enters its sample bin only with a key below the bin's largest kept key (2 while not full).
-        enter = key < smp["key"].amax(2)[f, sb]
-        f, b, p, v, sb, key, tid = f[enter], b[enter], p[enter], v[enter], sb[enter], key[enter], tid[enter]
-        if v.numel() == 0:
+        # Each token's key, once per token (a feature's sample is uniform over its firings all the same).
+        rows = torch.arange(B * P)
+        token_key = hash_keys(w0 + rows // P, rows % P, self.seed)
+        seg = f * NS + bins // _GROUP
+        key = token_key[b * P + p]
+        # A token enters its sample bin only with a key below the bin's largest kept key (2**32 while not full).
+        enter = torch.nonzero(key < smp["key"].amax(2).view(-1)[seg]).flatten()
+        if enter.numel() == 0:
             return
-        segs = torch.unique(f * NS + sb)
+        f, b, p, v, seg, key = f[enter], b[enter], p[enter], v[enter], seg[enter], key[enter]
+        tid = (w0 + b) * (1 << 20) + p
+        segs = torch.unique(seg)
         old_key = smp["key"].view(-1, S)[segs]
         old_tid = smp["window"].view(-1, S)[segs] * (1 << 20) + smp["pos"].view(-1, S)[segs]
-        pick, slots = _admit(segs, S, torch.searchsorted(segs, f * NS + sb), (old_key, old_tid), (key, tid))
+        pick, slots = _admit(segs, S, torch.searchsorted(segs, seg), (old_key, old_tid), (key, tid))
         self._fill(smp, slots, tokens, flat, b[pick], p[pick], f[pick],
                    {"key": key[pick], "value": v[pick], "window": w0 + b[pick], "pos": p[pick]})
 
