@@ -208,7 +208,7 @@ def test_batching_does_not_change_the_pages(word_hf):
 
 
 # ---------------------------------------------------------------------------- hook_z: heads and DFA
-def test_hook_z_dfa_adds_up_to_the_preactivation(small_folded):
+def test_hook_z_dfa_adds_up_to_the_preactivation(small_folded, small_hf):
     model = small_folded
     H, D = model.cfg.n_heads, model.cfg.d_head
     sae = SAE(SAEConfig("standard", d_in=H * D, d_sae=8, hook_name="blocks.1.attn.hook_z", fold_ln=True), seed=3)
@@ -219,6 +219,13 @@ def test_hook_z_dfa_adds_up_to_the_preactivation(small_folded):
     n_ctx = 12
     pages = dashboard(model, sae, [text], n_ctx=n_ctx, left=n_ctx, right=0, n_examples=3, progress=False)
     assert pages.feature(2)["decoder_weights_dist"] == pytest.approx([0, 1, 0, 0])
+    # Its logit effects: head 1's rows of Hugging Face's c_proj, then ln_f (centred, gain) and the unembedding.
+    hf = small_hf[0]
+    resid = torch.ones(D, dtype=torch.float64) @ hf.transformer.h[1].attn.c_proj.weight.double()[D:2 * D]
+    direct = ((resid - resid.mean()) * hf.transformer.ln_f.weight.double()) @ hf.lm_head.weight.double().T
+    direct = direct - direct.mean()
+    assert pages.feature(2)["pos_values"] == pytest.approx(direct.topk(10).values.tolist(), abs=1e-4)
+    assert pages.feature(2)["pos_ids"] == direct.topk(10).indices.tolist()
     w = sae.W_dec[5].view(H, D).norm(dim=-1)
     assert pages.feature(5)["decoder_weights_dist"] == pytest.approx((w / w.sum()).tolist(), rel=1e-4)
     windows = torch.stack(list(token_windows(model.tokenizer, [text], n_ctx)))

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         table = table.sort_values(key, ascending=False, kind="stable")
     print(f"{len(pages)} features over {pages.meta['n_tokens']:,} tokens ({pages.meta['n_dead_computed']} of "
           f"{pages.meta['n_features_computed']} computed never fired)")
-    print_table(table, max_rows=20)
+    print_table(table.head(20))
+    if len(table) > 20:
+        where = args.html or args.json
+        print(f"({len(table) - 20} more features in {where})")
     return 0
 
 

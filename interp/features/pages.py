@@ -344,9 +344,8 @@ def dashboard(
         bar.close()
     if stats.n_windows == 0:
         raise InterpError(f"the text is shorter than one window of {n_ctx} tokens")
-    with one_thread():  # small operations per feature (see interp.threads)
-        return _pages(model, sae, chosen, stats, top=top, sort=sort, n_logits=n_logits, texts=texts, split=split,
-                      n_ctx=n_ctx)
+    return _pages(model, sae, chosen, stats, top=top, sort=sort, n_logits=n_logits, texts=texts, split=split,
+                  n_ctx=n_ctx)
 
 
 def _metric(stats: FeatureStats, sort: str) -> Tensor:
@@ -370,8 +369,7 @@ def _source_id(sae) -> str:
 
 
 def _pages(model, sae, chosen: list[int], stats: FeatureStats, *, top, sort, n_logits, texts, split, n_ctx) -> FeaturePages:
-    from .. import __version__
-
+    """The pages of the features kept (all computed, or the ``top`` live ones by ``sort``)."""
     live = stats.nonzero > 0
     keep = list(range(len(chosen)))
     if top is not None:
@@ -380,7 +378,17 @@ def _pages(model, sae, chosen: list[int], stats: FeatureStats, *, top, sort, n_l
         keep = sorted(order.tolist())
     keep_t = torch.tensor(keep, dtype=torch.long)
     dirs = resid_directions(model, sae, [chosen[j] for j in keep])
-    logits = _logit_tables(model, dirs, n_logits) if dirs is not None else None
+    logits = _logit_tables(model, dirs, n_logits) if dirs is not None else None  # big products: every thread
+    with one_thread():  # then small operations per feature (see interp.threads)
+        return _assemble(model, sae, chosen, stats, keep, keep_t, logits, top=top, sort=sort, n_logits=n_logits,
+                         texts=texts, split=split, n_ctx=n_ctx)
+
+
+def _assemble(model, sae, chosen, stats, keep, keep_t, logits, *, top, sort, n_logits, texts, split, n_ctx) -> FeaturePages:
+    """Each kept feature's page as plain data (Neuronpedia's fields), and the top level."""
+    from .. import __version__
+
+    live = stats.nonzero > 0
     ex = stats.examples(keep_t)
     lo, hi, share, _ = stats.interval_edges(keep_t)
     used = sorted(set(ex["tokens"].unique().tolist()) - {-1} | {i for lg in logits or () for i in lg["pos_ids"] + lg["neg_ids"]})
@@ -479,6 +487,6 @@ def _record(toks: list, vals: list, left: int, strings: dict, *, top: bool) -> d
     at = real.index(left)  # the example's own token
     best = at if top else max(range(len(values)), key=lambda i: (values[i], -i))
     return {
-        "tokens": [strings[toks[i]] for i in real], "token_ids": [toks[i] for i in real], "values": values,
+        "tokens": [strings[toks[i]] for i in real], "values": values,
         "maxValue": values[best], "maxValueTokenIndex": best, "minValue": min(values), "qualifyingTokenIndex": at,
     }
