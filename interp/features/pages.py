@@ -210,14 +210,15 @@ def _dfa_fn(pattern: Tensor, v: Tensor, w_eff: Tensor, n_heads: int):
 
     def dfa(b: Tensor, q: Tensor, f: Tensor, src: Tensor) -> Tensor:
         out = torch.zeros(src.shape, dtype=torch.float32)
-        for i in range(0, len(b), 2048):
-            bb, qq, ff, ss = b[i:i + 2048], q[i:i + 2048], f[i:i + 2048], src[i:i + 2048]
+        step = max(1, (1 << 22) // (src.shape[1] * v.shape[-2] * v.shape[-1]))  # ~16 MB of gathered values at a time
+        for i in range(0, len(b), step):
+            bb, qq, ff, ss = b[i:i + step], q[i:i + step], f[i:i + step], src[i:i + step]
             ok = (ss >= 0) & (ss < P)
             sc = ss.clamp(0, P - 1)
             w = w_eff[:, ff].T.reshape(len(ff), n_heads, -1)                       # [n, H, D]
             vv = v[bb[:, None], sc]                                                 # [n, W, H, D]
             pat = pattern[bb[:, None, None], torch.arange(n_heads)[None, :, None], qq[:, None, None], sc[:, None, :]]
-            out[i:i + 2048] = torch.where(ok, torch.einsum("nwhd,nhd,nhw->nw", vv, w, pat), 0.0)
+            out[i:i + step] = torch.where(ok, torch.einsum("nwhd,nhd,nhw->nw", vv, w, pat), 0.0)
         return out
 
     return dfa

@@ -14,9 +14,9 @@ window of text that starts with BOS) and keeps, for every feature at once:
   equal-width activation intervals (the histogram's bins, eight at a time), ``bin_examples`` each:
   a token is kept if its hash key — a function of (window number, position, seed), not of the
   batching — is among the smallest of its interval (a bottom-k sketch; one key per token serves
-  every feature). A union of intervals
-  keeps the bottom-k of the union, so the intervals shown at the end (``n_bins`` groups of
-  neighbouring sample bins spanning 0 to the max) are exact uniform samples too.
+  every feature). A union of intervals keeps the bottom-k of the union, so the intervals shown at
+  the end (``n_bins`` groups of neighbouring sample bins spanning 0 to the max) are exact uniform
+  samples too.
 
 Each kept example stores a window of tokens around its token (``left`` before, ``right`` after)
 and the feature's activation at each of them. Memory is ``O(n_features · (n_examples +
@@ -47,10 +47,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.errors import InterpError
-from interp.threads import one_thread
+from ..errors import InterpError
+from ..threads import one_thread
 
-__all__ = ["FeatureStats", "HIST_BINS", "SAMPLE_BINS", "MIN_EXP"]
+__all__ = ["FeatureStats", "hash_keys", "HIST_BINS", "SAMPLE_BINS", "MIN_EXP"]
 
 #: Fine histogram bins per feature (the display merges them in pairs).
 HIST_BINS = 128
