@@ -1,6 +1,8 @@
 """``interp sae train|eval|info``: end to end on interp-tiny, and the command-line contract."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +51,12 @@ def test_train_info_eval_end_to_end(tmp_path, capsys):
     want = evaluate(interp.load("interp-tiny"), sae, max_windows=4, progress=False).iloc[0]
     for key in ("explained_variance", "l0", "ce_loss_recovered", "kl_div"):
         assert row[key] == pytest.approx(float(want[key]), rel=1e-6), key
+    # docs/features.md's Python walk-through runs as written on this SAE
+    doc = (Path(__file__).parent.parent / "docs" / "features.md").read_text(encoding="utf-8")
+    code = re.search(r"## Ablate one feature.*?```python\n(.*?)```", doc, re.S).group(1)
+    exec(compile(code.replace('"saes/resid0"', repr(str(out))), "docs/features.md", "exec"), {})
+    clean, ablated, steered = (float(v) for v in capsys.readouterr().out.split())
+    assert steered != clean
     # a second run into the same directory is refused, nothing overwritten
     before = (out / "sae_weights.safetensors").read_bytes()
     code = main(["sae", "train", "--hook", "blocks.0.hook_resid_post", "--out", str(out), *SMALL])

@@ -18,7 +18,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def docs():
-    return documents(split="heldout")[:40]
+    return documents(split="heldout")[:16]
 
 
 def reference_rows(model, docs, n_ctx, windows):
@@ -75,7 +75,7 @@ def test_order_is_a_function_of_seed_and_index(tiny, docs):
 
 def test_disk_cache_resumes_and_replays(tiny, docs, tmp_path, monkeypatch):
     cache = tmp_path / "acts"
-    docs = docs[:10]
+    docs = docs[:6]
     kw = dict(n_ctx=16, batch_size=64, shuffle_buffer=150, seed=1, cache_dir=cache)
     plain = ActivationStore(tiny, HOOKS[:2], docs, **{**kw, "cache_dir": None})
     n = plain.n_activations_per_epoch() // 64 + 5  # past one epoch

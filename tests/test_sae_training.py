@@ -13,6 +13,7 @@ from interp.features import steps as st
 from interp.features.evaluation import mean_correlation_coefficient
 from interp.features.sae import SAE
 from interp.features.training import TrainConfig, train
+from interp.threads import one_thread
 
 HERE = Path(__file__).parent
 
@@ -31,12 +32,13 @@ def planted(n=60000, d=64, m=512, active=5, noise=0.01, seed=0):
 def test_planted_directions_are_recovered(arch, options):
     """512 sparse directions in 64 dimensions: the decoder's rows match them one-to-one (MCC ≥ 0.9)."""
     x, D = planted()
-    sae = train(x, architecture=arch, d_sae=512, tokens=300_000, batch_size=256, lr=1e-2, progress=False, **options)
+    with one_thread():  # ~1,200 small steps: threads only add waiting
+        sae = train(x, architecture=arch, d_sae=512, tokens=300_000, batch_size=256, lr=1e-2, progress=False, **options)
     mcc = mean_correlation_coefficient(sae.W_dec.detach(), D)
     assert mcc >= 0.9, (arch, mcc)
     # the saved scale is folded in: the SAE reconstructs the raw points
     err = ((sae(x[:4000]) - x[:4000]) ** 2).sum() / ((x[:4000] - x[:4000].mean(0)) ** 2).sum()
-    assert err < 0.2, (arch, float(err))
+    assert err < 0.35, (arch, float(err))  # a scale folded wrongly leaves errors of order 1 or more
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(512), atol=1e-5)
 
 
@@ -86,9 +88,10 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     from interp.features import training
 
     x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(1))
-    kw = dict(architecture="topk", d_sae=32, k=3, tokens=20 * 100, batch_size=100, lr=3e-3, dead_window=300,
+    kw = dict(architecture="topk", d_sae=256, k=1, tokens=20 * 100, batch_size=100, lr=3e-3, dead_window=200,
               progress=False)
     whole = train(x, "acts", out=tmp_path / "whole", **kw)
+    assert whole.cfg.metadata["training"]["dead_fraction"] > 0.1  # AuxK at work: the dead-latent counters matter
     assert not (tmp_path / "whole" / "checkpoint").exists() and (tmp_path / "whole" / "cfg.json").exists()
     real = training._TensorSource.batches
     calls = []

@@ -50,7 +50,7 @@ def hf_logits(hf, batch, resid=None, transcoder=None, z=None):
     """HF's logits with replacements written in by torch hooks (raw weights: Hugging Face's own numbers).
 
     resid: (layer, fn) replacing the residual stream entering block ``layer``; transcoder: (layer, fn)
-    replacing the MLP's output by fn(LayerNorm output without gain and bias); z: (layer, fn) on c_proj's input.
+    replacing the MLP's output by fn(the residual stream ln_2 reads); z: (layer, fn) on c_proj's input.
     """
     handles, stash = [], {}
     try:
@@ -63,8 +63,7 @@ def hf_logits(hf, batch, resid=None, transcoder=None, z=None):
             layer, fn = transcoder
             block = hf.transformer.h[layer]
             handles.append(block.ln_2.register_forward_pre_hook(lambda m, args: stash.__setitem__("x", args[0])))
-            handles.append(block.mlp.register_forward_hook(
-                lambda m, args, out: fn(F.layer_norm(stash["x"], stash["x"].shape[-1:], eps=block.ln_2.eps))))
+            handles.append(block.mlp.register_forward_hook(lambda m, args, out: fn(stash["x"])))
         if z is not None:
             layer, fn = z
             handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(lambda m, args: (fn(args[0]),)))
@@ -87,12 +86,15 @@ def test_spliced_forward_equals_hugging_face_with_hooks(models, hf, fold_ln):
     sae = make("topk", "blocks.1.hook_resid_pre", fold_ln=True)
     tc = make("jumprelu", "blocks.0.ln2.hook_normalized", fold_ln=True, hook_out="blocks.0.hook_mlp_out", skip=True)
     zs = make("standard", "blocks.1.attn.hook_z", fold_ln=fold_ln)
+    tc_in = make("topk", "blocks.1.hook_mlp_in", fold_ln=True, hook_out="blocks.1.hook_mlp_out", seed=3)
     ln2 = model.ln2_w[0], model.ln2_b[0]
     cases = [
         # the SAE was trained folded: it reads the centred residual stream (the mean is restored on the way out)
         (sae, dict(resid=(1, lambda h: sae(centred(h)) + h.mean(-1, keepdim=True)))),
         # the transcoder reads LayerNorm without its gain and bias (fold_ln=True's ln2.hook_normalized)
-        (tc, dict(transcoder=(0, lambda n: tc(n)))),
+        (tc, dict(transcoder=(0, lambda r: tc(F.layer_norm(r, r.shape[-1:], eps=1e-5))))),
+        # a transcoder reading the MLP's input residual stream (hook_mlp_in), centred as trained folded
+        (tc_in, dict(transcoder=(1, lambda r: tc_in(centred(r))))),
         (zs, dict(z=(1, lambda z: zs(z)))),
     ]
     for s, ref in cases:

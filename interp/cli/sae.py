@@ -154,6 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
                  cache_dir=args.cache, out=out, resume=args.resume, checkpoint_every=args.checkpoint_every,
                  progress=progress(args), config=cfg)
     seconds = time.perf_counter() - t0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # data-parallel (torchrun): the first process reports
     for sae in saes:
         where = out if len(saes) == 1 else out / sae.hook_name
         last = json.loads((Path(where) / "training.json").read_text())["history"][-1]

@@ -237,9 +237,12 @@ class SAEConfig:
         k = d.get("k")
         if arch == "jumprelu" and (interp_meta.get("architecture") == "batchtopk"
                                    or meta.get("training_architecture") == "batchtopk"):
-            arch = "batchtopk"  # SAELens saves a BatchTopK SAE as a JumpReLU with its learned threshold
-            k = interp_meta.get("k") or (meta.get("training_architecture_details") or {}).get("k")
-            k = int(k) if k is not None and float(k).is_integer() else k
+            # SAELens saves a BatchTopK SAE as a JumpReLU with its learned threshold; read it back as
+            # batchtopk when its k (SAELens allows an average such as 31.5) is a whole number — at
+            # inference the two are the same function.
+            bk = interp_meta.get("k") or (meta.get("training_architecture_details") or {}).get("k")
+            if isinstance(bk, (int, float)) and not isinstance(bk, bool) and float(bk).is_integer():
+                arch, k = "batchtopk", int(bk)
         if meta.get("hook_head_index") is not None:
             raise InterpError("SAEs on one attention head (hook_head_index) are not supported: interp reads "
                               "hook_z SAEs over every head")
@@ -313,7 +316,7 @@ def _from_pre_6(cfg: dict) -> dict:
 
 # Hook points whose activations depend on the weight mode, and how.
 _CENTRED = re.compile(r"(^hook_(embed|pos_embed)$|\.hook_resid_(pre|mid|post)$|\.hook_(attn_out|mlp_out|mlp_in)$"
-                      r"|\.attn\.hook_(result|q_input|k_input|v_input)$)")
+                      r"|\.hook_(q_input|k_input|v_input)$|\.attn\.hook_result$)")
 _LN = re.compile(r"(^ln_final|\.ln[12])\.hook_normalized$")
 
 
@@ -742,44 +745,36 @@ class Binding:
     def _flat(x: Tensor, name: str) -> Tensor:
         return x.flatten(-2) if x.dim() >= 4 or name.endswith("hook_z") else x
 
+    def _to_sae(self, act: Tensor, conv) -> Tensor:
+        # Conversions act on the model's own last dimension (d_model of each head's copy for
+        # hook_q_input or hook_result), before the heads are flattened.
+        if conv is not None:
+            if conv[0] == "centre":
+                act = act - act.mean(-1, keepdim=True)
+            else:
+                act = (act - conv[2]) / conv[1]
+        return act
+
     def input(self, act: Tensor) -> Tensor:
         """The model's activation at ``hook_name`` (``[..., d]``, or ``[..., n_heads, d_head]``) as the SAE's input."""
-        x = self._flat(act, self.sae.cfg.hook_name)
-        conv = self._in
-        if conv is None:
-            return x
-        if conv[0] == "centre":
-            return x - x.mean(-1, keepdim=True)
-        _, w, b = conv
-        return (x - b) / w
+        return self._flat(self._to_sae(act, self._in), self.sae.cfg.hook_name)
 
     def target(self, actual: Tensor) -> Tensor:
         """The activation at the output hook as the SAE's output space has it (what its reconstruction aims at)."""
         name = self.sae.cfg.hook_name_out or self.sae.cfg.hook_name
-        y = self._flat(actual, name)
-        conv = self._out
-        if conv is None:
-            return y
-        if conv[0] == "centre":
-            return y - y.mean(-1, keepdim=True)
-        _, w, b = conv
-        return (y - b) / w
+        return self._flat(self._to_sae(actual, self._out), name)
 
     def delta(self, d: Tensor, actual: Tensor) -> Tensor:
         """A change ``d`` of the SAE's output as a change of the activation at its output hook (shaped like ``actual``)."""
-        conv = self._out
-        if conv is not None and conv[0] == "ln":
-            d = d * conv[1]
-        return d.reshape(actual.shape).to(actual.dtype)
+        d = d.reshape(actual.shape)
+        if self._out is not None and self._out[0] == "ln":
+            d = d * self._out[1]
+        return d.to(actual.dtype)
 
     def output(self, x_hat: Tensor, actual: Tensor) -> Tensor:
         """The SAE's output as the activation at its output hook, shaped like ``actual`` (the one it replaces)."""
-        name = self.sae.cfg.hook_name_out or self.sae.cfg.hook_name
+        y = x_hat.reshape(actual.shape)
         conv = self._out
         if conv is not None:
-            if conv[0] == "centre":
-                x_hat = x_hat + self._flat(actual, name).mean(-1, keepdim=True)
-            else:
-                _, w, b = conv
-                x_hat = x_hat * w + b
-        return x_hat.reshape(actual.shape).to(actual.dtype)
+            y = y + actual.mean(-1, keepdim=True) if conv[0] == "centre" else y * conv[1] + conv[2]
+        return y.to(actual.dtype)

@@ -47,16 +47,14 @@ class StepSettings:
 
 class Params:
     """An SAE's trainable tensors: ``W_encT [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_out]``, ``b_dec``,
-    and ``threshold`` / ``W_skip [d_in, d_out]`` when the architecture has them."""
+    and ``threshold`` / ``W_skip [d_in, d_out]`` when the architecture has them (else None)."""
+
+    __slots__ = PARAM_NAMES + ("tensors",)
 
     def __init__(self, tensors: dict[str, Tensor]):
         self.tensors = {k: v for k, v in tensors.items() if v is not None}
-
-    def __getattr__(self, name: str) -> Any:
-        tensors = self.__dict__.get("tensors", {})
-        if name in PARAM_NAMES:
-            return tensors.get(name)
-        raise AttributeError(name)
+        for name in PARAM_NAMES:  # plain attributes: a step reads them dozens of times
+            setattr(self, name, self.tensors.get(name))
 
     def items(self):
         return [(n, self.tensors[n]) for n in PARAM_NAMES if n in self.tensors]

@@ -95,8 +95,17 @@ class ActivationStore:
         if len(set(resolved)) != len(resolved):
             raise InterpError(f"hook names repeat: {resolved}")
         self.hook_names: list[str] = resolved
-        order = {n: i for i, n in enumerate(model.hook_names)}
-        self._last_hook = max(resolved, key=lambda n: order.get(n, -1))
+        # Where the forward pass can stop: after the block of the deepest hook point, or, for
+        # blocks.L.hook_resid_pre, before block L (the stream entering it is what forward returns).
+        stops = []
+        for n in resolved:
+            layer = hk.layer_of(n)
+            if 0 <= layer < model.cfg.n_layers and n == hk.name("resid_pre", layer):
+                stops.append((layer, n))
+            else:
+                stops.append((None if layer >= model.cfg.n_layers else max(0, layer + 1), None))
+        self._stop = None if any(s is None for s, _ in stops) else max(s for s, _ in stops)
+        self._from_output = [n for s, n in stops if n is not None and s == self._stop]
         self.n_ctx = _positive(model.cfg.n_ctx if n_ctx is None else n_ctx, "n_ctx", low=2)
         if self.n_ctx > model.cfg.n_ctx:
             raise InterpError(f"n_ctx {self.n_ctx} is longer than the model's context ({model.cfg.n_ctx})")
@@ -191,10 +200,16 @@ class ActivationStore:
         def keep(x: Tensor, name: str) -> None:
             got[name] = x.flatten(2) if x.dim() > 3 else x
 
+        # The residual stream entering the stop block is forward's result; taken from there only when no
+        # scoped hook of the caller's could change it (those fire inside the block, which does not run).
+        from_output = self._from_output if not self.model.has_hooks else []
+        stop = self._stop if (from_output or not self._from_output) else self._stop + 1
+        hooked = [(n, keep) for n in self.hook_names if n not in from_output]
         with torch.no_grad():
-            self.model.forward(tokens.to(self.model.cfg.device, torch.long), hooks=[(n, keep) for n in self.hook_names],
-                               stop_after=self._last_hook)
-        return got
+            out = self.model.forward(tokens.to(self.model.cfg.device, torch.long), hooks=hooked, stop_at_layer=stop)
+        for n in from_output:
+            got[n] = out
+        return {n: got[n] for n in self.hook_names}
 
     def _harvest(self, tokens: Tensor) -> dict[str, Tensor]:
         """A block's activations, unshuffled: ``{hook: [windows * positions, d]}``."""

@@ -25,7 +25,10 @@ moments, the dead-latent counters, the scales, the step.
 Data-parallel: launched with ``torchrun --nproc_per_node N``, each process computes the gradient of
 its slice of every global batch (``batch_size`` rows in all) with every loss divided by the global
 batch size, gradients are summed (gloo on CPU, NCCL on GPUs), and every process takes the same
-step: the same SAE as one process on the same global batches, up to float rounding.
+step: the same SAE as one process on the same global batches, up to float rounding. With a model
+as the source every process harvests the whole global batch and keeps its slice (the model's
+forward pass is not split between processes; a ``cache_dir`` makes later runs read it instead);
+only the first process writes checkpoints and the result.
 """
 
 from __future__ import annotations
