@@ -29,7 +29,9 @@ def add(sub) -> None:
         description="Run the model over text once and write each feature's page: density, max activation, top "
                     "examples with their context, examples from each activation interval, the histogram, the tokens "
                     "it promotes and suppresses (and for hook_z SAEs, head weights and source attribution). "
-                    "The HTML opens offline in any browser; the JSON follows Neuronpedia's feature schema.",
+                    "The HTML opens offline in any browser; the JSON follows Neuronpedia's feature schema. "
+                    "The model is the one the SAE names (its cfg's model_name) unless --model is given, in the "
+                    "weight mode the SAE was trained in unless --fold-ln/--no-fold-ln is.",
     )
     p.add_argument("sae", metavar="DIR", help="the SAE's directory (cfg.json + sae_weights.safetensors, SAELens's format)")
     text = p.add_mutually_exclusive_group()
