@@ -12,15 +12,13 @@ Then, per feature:
 * examples sampled uniformly from ``n_bins`` equal-width activation intervals between 0 and the
   max (SAEDashboard's and Neuronpedia's "quantile" groups), with each interval's share of firings;
 * the activation histogram;
-* the output tokens it promotes and suppresses most by its direct effect on the logits: the
-  decoder row written into the residual stream (through ``W_O`` for ``hook_z``, ``W_out`` for
-  ``mlp.hook_post``; a transcoder writes into its output hook), through the final LayerNorm's
-  linearisation (centred, times its gain; its scale taken as 1, as Neuronpedia's tables are) and
-  ``W_U``, centred over the vocabulary — so the values are the same in both weight modes;
+* the output tokens it promotes and suppresses most by its direct effect on the logits
+  (:func:`interp.features.effects.logit_effects` of its decoder row written into the residual
+  stream; a transcoder writes into its output hook), with the effect's histogram over the vocabulary;
 * for ``hook_z`` features, the weight of each head in the decoder row, and for each top example
   the direct feature attribution of every source token: the feature's pre-activation at the example's
   token decomposed over the positions attention reads, ``Σ_h pattern[h, q, s] · (v[s, h] ·
-  W_enc[h, f])``, with ``pattern`` and ``v`` taken from the model's hooks.
+  W_enc[h, f])``, with ``pattern`` and ``v`` taken from the model's hooks in the same pass.
 
 The result is a :class:`FeaturePages`: ``.to_json()`` (Neuronpedia's feature schema where it has
 one, see docs/features.md), ``.html()`` (one self-contained page, :mod:`interp.report.features`),
@@ -37,22 +35,18 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from .. import hooks as hk
 from ..errors import InterpError
 from ..threads import one_thread
+from .effects import dfa_encoder, dfa_fn, logit_tables, resid_directions
 from .stats import FeatureStats
 
-__all__ = ["dashboard", "FeaturePages", "logit_effects", "resid_directions", "SORTS"]
+__all__ = ["dashboard", "FeaturePages", "SORTS"]
 
 #: Metrics the feature list can be sorted by (largest first; ``index`` ascending).
 SORTS = ("density", "max", "mean", "index")
-#: Bars of the logit-effect histogram.
-LOGIT_HIST_BINS = 40
-_RESID_WRITERS = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
-                  "hook_attn_out", "hook_mlp_out")
 
 
 # ---------------------------------------------------------------------------- the pages
@@ -116,112 +110,6 @@ class FeaturePages:
         from ..report.notebook import iframe
 
         return iframe(self.html(), title=self.meta.get("title", "feature pages"))
-
-
-# ---------------------------------------------------------------------------- directions and logits
-def _out_hook(sae) -> str:
-    return sae.cfg.hook_name_out or sae.cfg.hook_name
-
-
-def resid_directions(model, sae, features: list[int]) -> Optional[Float[Tensor, "n d_model"]]:
-    """What one unit of each feature writes into the residual stream (None if its hook is not written there).
-
-    The decoder row per unit of activation (``decode(e_f) - decode(0)``: normalisation and
-    ``rescale_acts_by_decoder_norm`` included), mapped from the output hook's space: residual-stream
-    hooks as they are, ``hook_z`` through ``W_O``, ``mlp.hook_post`` through ``W_out``.
-    """
-    name = _out_hook(sae)
-    short = name.split(".")[-1]
-    layer = hk.layer_of(name)
-    if not (short in _RESID_WRITERS or name.endswith("attn.hook_z") or name.endswith("mlp.hook_post")):
-        return None
-    idx = torch.tensor(features, dtype=torch.long)
-    with torch.no_grad():
-        if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm") and not sae.is_transcoder:
-            rows = sae.W_dec[idx]  # per unit of the normalised activation: the scale is the input's
-            if sae.cfg.rescale_acts_by_decoder_norm:
-                rows = rows / sae.W_dec[idx].norm(dim=-1, keepdim=True)
-        else:
-            eye = torch.zeros(len(idx), sae.d_sae, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
-            eye[torch.arange(len(idx)), idx] = 1
-            rows = sae.decode(eye) - sae.decode(torch.zeros_like(eye[:1]))
-        rows = rows.to(model.W_U.dtype).to(model.W_U.device)
-        if name.endswith("attn.hook_z"):
-            H, D = model.cfg.n_heads, model.cfg.d_head
-            rows = torch.einsum("nhd,hdm->nm", rows.view(-1, H, D), model.W_O[layer])
-        elif name.endswith("mlp.hook_post"):
-            rows = rows @ model.W_out[layer]
-    return rows
-
-
-def logit_effects(model, dirs: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
-    """Direct effect on the logits of residual-stream directions, per unit (final LayerNorm's scale taken as 1).
-
-    ``(d - mean(d)) · w_lnf @ W_U``, then centred over the vocabulary (softmax ignores a constant),
-    which makes it the same in both weight modes.
-
-    >>> from interp.testing import planted_model
-    >>> model = planted_model()
-    >>> e = logit_effects(model, model.W_E[3:4])
-    >>> tuple(e.shape), abs(float(e.mean())) < 1e-5
-    ((1, 32), True)
-    """
-    d = dirs - dirs.mean(-1, keepdim=True)
-    out = (d * model.lnf_w) @ model.W_U
-    return out - out.mean(-1, keepdim=True)
-
-
-def _logit_tables(model, dirs: Tensor, n: int) -> list[dict]:
-    """Per direction: the top/bottom ``n`` tokens and a histogram over the vocabulary, in chunks of rows."""
-    out = []
-    step = max(1, (1 << 24) // model.cfg.d_vocab)  # ~64 MB of logits at a time
-    for i in range(0, len(dirs), step):
-        eff = logit_effects(model, dirs[i:i + step]).float().cpu()
-        k = min(n, eff.shape[-1])
-        top, bot = eff.topk(k, dim=-1), eff.topk(k, dim=-1, largest=False)
-        lo, hi = eff.min(-1).values, eff.max(-1).values
-        width = ((hi - lo) / LOGIT_HIST_BINS).clamp(min=1e-30)
-        which = ((eff - lo[:, None]) / width[:, None]).long().clamp_(0, LOGIT_HIST_BINS - 1)
-        heights = torch.zeros(len(eff), LOGIT_HIST_BINS, dtype=torch.long).scatter_add_(1, which, torch.ones_like(which))
-        for j in range(len(eff)):
-            out.append({
-                "pos_ids": top.indices[j].tolist(), "pos_values": top.values[j].tolist(),
-                "neg_ids": bot.indices[j].tolist(), "neg_values": bot.values[j].tolist(),
-                "logits_hist_data_bar_values": (lo[j] + (torch.arange(LOGIT_HIST_BINS) + 0.5) * width[j]).tolist(),
-                "logits_hist_data_bar_heights": heights[j].tolist(),
-            })
-    return out
-
-
-# ---------------------------------------------------------------------------- direct feature attribution
-def _dfa_encoder(sae) -> Optional[Tensor]:
-    """The linear map from the SAE's input to its pre-activations, ``[d_in, d_sae]``; None if it is not affine."""
-    if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
-        return None
-    with torch.no_grad():
-        d = sae.d_in
-        base = sae.encode_pre(torch.zeros(1, d, dtype=sae.W_enc.dtype, device=sae.W_enc.device))
-        return (sae.encode_pre(torch.eye(d, dtype=sae.W_enc.dtype, device=sae.W_enc.device)) - base).float().cpu()
-
-
-def _dfa_fn(pattern: Tensor, v: Tensor, w_eff: Tensor, n_heads: int):
-    """Direct feature attribution of source positions, for (row, query, feature) triples of one batch."""
-    P = pattern.shape[-1]
-
-    def dfa(b: Tensor, q: Tensor, f: Tensor, src: Tensor) -> Tensor:
-        out = torch.zeros(src.shape, dtype=torch.float32)
-        step = max(1, (1 << 22) // (src.shape[1] * v.shape[-2] * v.shape[-1]))  # ~16 MB of gathered values at a time
-        for i in range(0, len(b), step):
-            bb, qq, ff, ss = b[i:i + step], q[i:i + step], f[i:i + step], src[i:i + step]
-            ok = (ss >= 0) & (ss < P)
-            sc = ss.clamp(0, P - 1)
-            w = w_eff[:, ff].T.reshape(len(ff), n_heads, -1)                       # [n, H, D]
-            vv = v[bb[:, None], sc]                                                 # [n, W, H, D]
-            pat = pattern[bb[:, None, None], torch.arange(n_heads)[None, :, None], qq[:, None, None], sc[:, None, :]]
-            out[i:i + step] = torch.where(ok, torch.einsum("nwhd,nhd,nhw->nw", vv, w, pat), 0.0)
-        return out
-
-    return dfa
 
 
 # ---------------------------------------------------------------------------- computing
@@ -310,7 +198,7 @@ def dashboard(
     binding = sae.bind(model)  # checks the hook points and the weight modes, before any work
     hook = sae.cfg.hook_name
     is_z = hook.endswith("attn.hook_z")
-    w_eff = _dfa_encoder(sae) if is_z else None
+    w_eff = dfa_encoder(sae) if is_z else None
     layer = hk.layer_of(hook)
     stats = FeatureStats(len(chosen), n_examples=n_examples, n_bins=n_bins, bin_examples=bin_examples,
                          left=left, right=right, seed=seed, dfa=w_eff is not None)
@@ -337,7 +225,7 @@ def dashboard(
                 acts = acts if every else acts[..., idx]
             dfa = None
             if w_eff is not None:
-                dfa = _dfa_fn(cache[names[1]].float().cpu(), cache[names[2]].float().cpu(), w_eff[:, idx],
+                dfa = dfa_fn(cache[names[1]].float().cpu(), cache[names[2]].float().cpu(), w_eff[:, idx],
                               model.cfg.n_heads)
             stats.update(toks, acts, dfa)
             bar.update(toks.numel())
@@ -379,7 +267,7 @@ def _pages(model, sae, chosen: list[int], stats: FeatureStats, *, top, sort, n_l
         keep = sorted(order.tolist())
     keep_t = torch.tensor(keep, dtype=torch.long)
     dirs = resid_directions(model, sae, [chosen[j] for j in keep])
-    logits = _logit_tables(model, dirs, n_logits) if dirs is not None else None  # big products: every thread
+    logits = logit_tables(model, dirs, n_logits) if dirs is not None else None  # big products: every thread
     with one_thread():  # then small operations per feature (see interp.threads)
         return _assemble(model, sae, chosen, stats, keep, keep_t, logits, top=top, sort=sort, n_logits=n_logits,
                          texts=texts, split=split, n_ctx=n_ctx)
