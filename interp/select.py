@@ -15,6 +15,9 @@ Positions
     positions count back from its last real token, -1 = the last), so they mean the same with
     left or right padding: an int, a list of ints, a slice, ``"all"``, or a string ``"-1"``,
     ``"0,3,-1"``, ``"2:6"``.
+Features
+    indices of an SAE's features (``0 .. d_sae - 1``): an int, a list of ints, a slice, ``"all"``,
+    or a string ``"7"``, ``"0:50"``, ``"3,7,100:120"``; ``None`` = every feature.
 Tokens
     an int is a token id; a string is text that must be exactly one token (``" Paris"``, with
     GPT-2's leading space). On the command line a token is text; write ``id:464`` for an id.
@@ -34,8 +37,8 @@ from torch import Tensor
 from .errors import InterpError
 from .tokens import Batch
 
-__all__ = ["Head", "heads", "head_groups", "layers", "head_label", "receivers", "node", "RECEIVER_INPUTS", "positions", "Positions", "parse_positions", "token_id",
-           "token_ids", "cli_token", "counts"]
+__all__ = ["Head", "heads", "head_groups", "layers", "head_label", "receivers", "node", "RECEIVER_INPUTS", "positions",
+           "Positions", "parse_positions", "token_id", "token_ids", "cli_token", "counts", "features"]
 
 Head = tuple[int, int]
 _HEAD = re.compile(r"\s*L?(\d+)\s*(?:[.:]|H)\s*H?(\d+|\*)\s*", re.IGNORECASE)
@@ -177,6 +180,48 @@ def layers(model: Any, spec: Any) -> list[int]:
         twice = next(x for x in out if out.count(x) > 1)
         raise InterpError(f"layer {twice} given twice")
     return sorted(out)
+
+
+# ---------------------------------------------------------------------------- features
+def features(spec: Any, n_features: int) -> list[int]:
+    """Sorted feature indices from ``None``/``"all"`` (every feature), an int, a list, a slice or ``"0:50"`` / ``"3,7,10:20"``.
+
+    >>> features("3,7,10:12", 64), features(slice(None, 3), 64), len(features(None, 64))
+    ([3, 7, 10, 11], [0, 1, 2], 64)
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip() == "all"):
+        return list(range(n_features))
+    items: list = []
+    if isinstance(spec, str):
+        for part in spec.split(","):
+            try:
+                if ":" in part:
+                    bounds = [int(b) if b.strip() else None for b in part.split(":")]
+                    if len(bounds) > 3:
+                        raise ValueError
+                    items += range(n_features)[slice(*bounds)]
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise InterpError(f"cannot read features {spec!r}: use indices and slices such as '0:50' or '3,7,100:120'") from None
+    elif isinstance(spec, slice):
+        items = list(range(n_features)[spec])
+    elif _is_int(spec):
+        items = [spec]
+    else:
+        try:
+            items = list(spec)
+        except TypeError:
+            raise InterpError(f"features must be an int, a list, a slice or a string such as '0:50', not {spec!r}") from None
+    if not items:
+        raise InterpError(f"no features selected by {spec!r} (the SAE has {n_features}: 0–{n_features - 1})")
+    for x in items:
+        if not _is_int(x) or not 0 <= x < n_features:
+            raise InterpError(f"feature {x!r} out of range: the SAE has {n_features} features (0–{n_features - 1})")
+    if len(set(items)) < len(items):
+        twice = next(x for x in items if items.count(x) > 1)
+        raise InterpError(f"feature {twice} given twice")
+    return sorted(int(x) for x in items)
 
 
 # ---------------------------------------------------------------------------- receivers and graph nodes

@@ -5,7 +5,8 @@ things measured in the same run on the same random-weight GPT-2-small-shaped
 model (same compute as the real GPT-2 small). Each section is a function
 ``(ctx) -> list[Row]`` registered in :data:`SECTIONS`: the analyses' in
 :mod:`interp.bench.analyses`, the forward pass and interventions' in
-:mod:`interp.bench.interventions`, start-up and loading in :mod:`interp.bench.startup`. Benchmarks sit above both the core and the
+:mod:`interp.bench.interventions`, start-up and loading in :mod:`interp.bench.startup`, feature
+pages in :mod:`interp.bench.pages`. Benchmarks sit above both the core and the
 analyses (they import both); nothing imports them.
 """
 
@@ -176,7 +177,8 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     if threads:
         torch.set_num_threads(threads)
-    from . import analyses, attribution, features, interventions, startup, tuned_lens  # noqa: F401  (their sections register in SECTIONS)
+    from . import (analyses, attribution, features, interventions, pages, startup,  # noqa: F401  (their sections
+                   tuned_lens)  # register in SECTIONS)
 
     names = only or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]

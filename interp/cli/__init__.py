@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError, InterpWarning
-from . import ablate, check, circuits, compose, discovery, heads, lens, misc, ov, report, sae
+from . import ablate, check, circuits, compose, discovery, features, heads, lens, misc, ov, report, sae
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "compose": (compose.add, compose.run),
     "check-gpt2": (check.add, check.run),
     "sae": (sae.add, sae.run),
+    "features": (features.add, features.run),
 }
 
 
