@@ -29,7 +29,8 @@ It writes ``tests/fixtures/circuit_tracer/`` (about 300 KB):
   (layer, pos, feature), ``activation_values``, ``input_tokens``, ``logit_ids``,
   ``logit_probabilities``, and ``prune_graph``'s ``node_mask``, ``edge_mask``,
   ``cumulative_scores`` at its defaults (0.8, 0.98) and at (0.6, 0.9);
-  ``graphs/{set}-{prompt}.json`` -- ``compute_graph_scores`` and the run's settings;
+  ``graphs/{set}-{prompt}.json`` -- ``compute_graph_scores`` of the graph and of the pruned graph
+  (the adjacency times its node and edge masks at the defaults) and the run's settings;
 * ``frontend/{set}-{prompt}.json`` -- ``create_graph_files``'s output on the same graph.
 
 circuit-tracer runs in float64 here (``torch.set_default_dtype``: its ``attribute`` allocates
@@ -39,6 +40,7 @@ the float64 answer for exactly the float32 weights that are saved.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -220,12 +222,18 @@ def main() -> None:
                 tensors[f"edges{tag}"] = edge_mask.nonzero().to(torch.int16)  # (target, source) pairs
                 tensors[f"cumulative_scores{tag}"] = cumulative
             replacement, completeness = compute_graph_scores(graph)
+            # The same scores of the pruned graph: circuit-tracer's function on the adjacency its masks keep.
+            node_mask, edge_mask, _ = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
+            pruned = copy.copy(graph)
+            pruned.adjacency_matrix = graph.adjacency_matrix * edge_mask * node_mask[:, None] * node_mask[None, :]
+            pruned_replacement, pruned_completeness = compute_graph_scores(pruned)
             # float64 where circuit-tracer computed in float64; stored in float32 where 1e-7 is plenty
             save_file({k: (v.float() if k.startswith("adjacency") else v).contiguous()
                        for k, v in tensors.items()}, str(OUT / "graphs" / f"{slug}.safetensors"))
             info = {
                 "slug": slug, "transcoders": tc_dir.name, "prompt": prompt_name, "tokens": tokens,
                 "replacement_score": replacement, "completeness_score": completeness,
+                "pruned_replacement_score": pruned_replacement, "pruned_completeness_score": pruned_completeness,
                 "n_features": int(len(graph.selected_features)), "n_logits": len(graph.logit_targets),
                 "logit_tokens": [t.token_str for t in graph.logit_targets],
                 "max_n_logits": 10, "desired_logit_prob": 0.95, "adjacency_dtype": "float64 stored as float32",
