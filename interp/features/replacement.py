@@ -294,3 +294,86 @@ class Replacement:
         if embed is not None:
             rows[:, nf + L * P:] = (embed[:k] * self.embeddings).sum(-1)
         return rows
+
+    # ------------------------------------------------------------------ the oracle: freeze and intervene
+    def frozen(self, edits: Sequence[Sequence[tuple[int, float]]], *, reads: Sequence[tuple[str, int]] = (),
+               logit_ids: Optional[Tensor] = None) -> dict:
+        """Run the frozen replacement model once per edit set; read every feature's pre-activation and more.
+
+        An independent route to the same numbers as :meth:`rows` (forward runs with activations
+        replaced, no gradients): LayerNorm scales and attention patterns are *set* to their values on
+        the prompt (hook_scale, hook_pattern), each MLP's output is its value on the prompt plus the
+        change of the transcoder's skip term, and edit set ``e`` adds ``coef × (source's vector)`` for
+        each ``(source node, coef)``. Returns ``{"pre": [E, n_features]`` pre-activations,
+        ``"logits": [E, n_logits]`` logits minus their mean (for ``logit_ids``), and each of ``reads``
+        (``(hook name, layer)`` pairs such as ``("q", 1)``) as ``[E, ...]``}.
+        """
+        model, L = self.model, self.n_layers
+        E = len(edits)
+        scale_names = [hk.name(f"{w}_scale", layer) for layer in range(L) for w in ("ln1", "ln2")]
+        scale_names.append(hk.GLOBAL_HOOKS["ln_final_scale"])
+        pattern_names = [hk.name("pattern", layer) for layer in range(L)]
+        with torch.no_grad():
+            _, base = model.run(self.tokens[None], names=[*scale_names, *pattern_names])
+        add: dict[tuple[str, int], Tensor] = {}
+        for e, edit in enumerate(edits):
+            for node, coef in edit:
+                name, pos, vec = self.source_vectors(int(node))
+                t = add.setdefault((name, pos), torch.zeros(E, self.d_model, dtype=self.dtype))
+                t[e] += coef * vec
+        x_new: dict[int, Tensor] = {}
+        read: dict = {}
+
+        def frozen_value(x: Tensor, name: str) -> Tensor:
+            return base[name].expand_as(x)
+
+        def edited(frozen_out):
+            def fn(x: Tensor, name: str) -> Tensor:
+                out = frozen_out(x, name) if frozen_out else x.clone()
+                for (n, pos), t in add.items():
+                    if n == name:
+                        out[:, pos] += t.to(x.dtype)
+                return out
+            return fn
+
+        def capture(layer):
+            def fn(x: Tensor, name: str) -> None:
+                x_new[layer] = x
+            return fn
+
+        def mlp_out(layer):
+            sae, bind, p = self.saes[layer], self.bindings[layer], self.parts[layer]
+
+            def fn(x: Tensor, name: str) -> Tensor:
+                out = p.mlp_out.expand_as(x).clone()
+                if sae.W_skip is not None:
+                    zero = torch.zeros_like(out)
+                    new = bind.output(sae.skip_term(bind.input(x_new[layer])), zero)
+                    old = bind.output(sae.skip_term(bind.input(p.x[None])), zero[:1])
+                    out = out + (new - old).to(out.dtype)
+                return out
+            return fn
+
+        def keep(key):
+            def fn(x: Tensor, name: str) -> None:
+                read[key] = x
+            return fn
+
+        hooks = [(n, frozen_value) for n in [*scale_names, *pattern_names]]
+        hooks.append(("hook_embed", edited(None)))
+        for layer in range(L):
+            hooks += [(self.in_names[layer], capture(layer)), (self.out_names[layer], edited(mlp_out(layer)))]
+        hooks += [(hk.name(w, layer), keep((w, layer))) for w, layer in reads]
+        with torch.no_grad():
+            logits = model.forward(self.tokens[None].expand(E, -1), hooks=hooks)[:, -1]
+            f = self.features
+            pre = torch.empty(E, self.n_features, dtype=self.dtype)
+            for layer in range(L):
+                sel = (f[:, 0] == layer).nonzero().squeeze(1)
+                if len(sel):
+                    h = self.saes[layer].encode_pre(self.bindings[layer].input(x_new[layer])).to(self.dtype)
+                    pre[:, sel] = h[:, f[sel, 1], f[sel, 2]]
+        out = {"pre": pre, **{key: v for key, v in read.items()}}
+        if logit_ids is not None:
+            out["logits"] = logits[:, logit_ids] - logits.mean(-1, keepdim=True)
+        return out
