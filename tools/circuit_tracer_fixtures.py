@@ -121,45 +121,17 @@ def build_transcoders(path: Path, seed: int, skip: bool) -> None:
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def replacement_model(hf_model, tokenizer, model_dir: Path, tc_dir: Path):
-    """circuit-tracer's ReplacementModel over the Hugging Face weights (raw, nothing folded), float64."""
+def replacement_model(model_dir: Path, tc_dir: Path):
+    """circuit-tracer's ReplacementModel over the saved model (raw, nothing folded) in float64: the bench's builder."""
+    import importlib.util
+
     import torch
-    import yaml
-    from transformer_lens import HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
-    from circuit_tracer import ReplacementModel
-    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
-
-    cfg = HookedTransformerConfig(
-        n_layers=SHAPE["n_layer"], d_model=SHAPE["n_embd"], n_ctx=SHAPE["n_positions"],
-        d_head=SHAPE["n_embd"] // SHAPE["n_head"], n_heads=SHAPE["n_head"], d_mlp=SHAPE["n_inner"],
-        d_vocab=SHAPE["vocab_size"], act_fn="gelu_new", normalization_type="LN",
-        positional_embedding_type="standard", default_prepend_bos=False, dtype=torch.float64,
-        tokenizer_name=str(model_dir), model_name="circuit-tracer-fixture", original_architecture="GPT2LMHeadModel",
-        eps=hf_model.config.layer_norm_epsilon,
-    )
-    conf = yaml.safe_load((tc_dir / "config.yaml").read_text())
-    transcoders = load_transcoder_set(
-        {i: str(tc_dir / p) for i, p in enumerate(conf["transcoders"])}, scan=conf["scan"],
-        feature_input_hook=conf["feature_input_hook"], feature_output_hook=conf["feature_output_hook"],
-        device=torch.device("cpu"), dtype=torch.float64, lazy_encoder=False, lazy_decoder=False,
-    )
-    model = ReplacementModel.from_config(cfg, transcoders, backend="transformerlens")
-    state = convert_gpt2_weights(hf_model.double(), cfg)
-    state["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=torch.float64)
-    renamed = {}
-    for k, v in state.items():  # the replacement wraps the MLPs and the unembedding
-        if ".mlp." in k:
-            k = k.replace(".mlp.", ".mlp.old_mlp.")
-        elif k.startswith("unembed."):
-            k = k.replace("unembed.", "unembed.old_unembed.")
-        renamed[k] = v
-    missing, unexpected = model.load_state_dict(renamed, strict=False)
-    assert not unexpected, unexpected
-    assert all(".transcoders." in k or k.endswith((".IGNORE", ".mask")) for k in missing), missing
-    model.tokenizer = tokenizer
-    return model
+    path = Path(__file__).resolve().parent.parent / "interp" / "bench" / "circuit_tracer_run.py"
+    spec = importlib.util.spec_from_file_location("circuit_tracer_run", path)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)  # it imports only torch, transformers and circuit-tracer, never interp
+    return runner.replacement_model(model_dir, tc_dir, torch.float64)[0]
 
 
 def main() -> None:
@@ -194,7 +166,7 @@ def main() -> None:
     manifest = {"circuit_tracer": circuit_tracer.__version__ if hasattr(circuit_tracer, "__version__") else "0.5.0",
                 "torch": torch.__version__, "prompts": PROMPTS, "graphs": []}
     for set_name, (tc_dir, _) in sets.items():
-        model = replacement_model(hf_model, tokenizer, model_dir, tc_dir)
+        model = replacement_model(model_dir, tc_dir)
         with torch.no_grad():
             tl_logits = model(ids)[0]
         assert torch.allclose(tl_logits, hf_logits, atol=1e-10), (tl_logits - hf_logits).abs().max()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from ..errors import InterpError
 from .common import add_model_args, add_progress, count, load_model, progress
 
 
@@ -25,6 +27,7 @@ def add_bench(sub) -> None:
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
     p.add_argument("--pos", type=count("a number of tokens"), default=256, help="tokens per prompt (default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
+    p.add_argument("--against", metavar="DIR", help="a venv with circuit-tracer 0.5 to compare the graph section with")
     add_progress(p)
 
 
@@ -32,5 +35,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from .. import bench
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    bench.run(only, n_prompts=args.prompts, n_pos=args.pos, threads=args.threads, progress=progress(args))
+    if args.against is not None and not os.path.isfile(os.path.join(args.against, "bin", "python")):
+        raise InterpError(f"--against {args.against}: not a venv (no bin/python in it)")
+    bench.run(only, n_prompts=args.prompts, n_pos=args.pos, threads=args.threads, progress=progress(args),
+              against=args.against)
     return 0
