@@ -26,10 +26,11 @@ _EXPORTS = {
     "attribute": ".attribution",
     "circuit": ".discovery",
     "show": ".report.notebook",
+    "splice": ".features.splice",
 }
 
 __all__ = ["load", "HookedGPT2", "Cache", "Batch", "InterpError", "ablate", "patch", "path_patch", "attribute",
-           "circuit", "show"]
+           "circuit", "show", "splice"]
 __version__ = "0.1.0"
 
 

@@ -50,6 +50,7 @@ def test_saelens_architectures_and_modes():
     assert torch.allclose(bt.threshold, torch.full((bt.d_sae,), 0.45))
     assert (load("pre6_topk").architecture, load("pre6_topk").cfg.k) == ("topk", 4)
     assert load("pre6_standard").hook_name == "blocks.0.hook_resid_pre"  # from hook_point
+    assert load("pre6_standard").cfg.model_name == load("standard").cfg.model_name == "interp-tiny"
     assert load("pre6_standard").cfg.apply_b_dec_to_input is True  # the pre-6.0 default
     st = load("skip_transcoder")
     assert st.is_transcoder and st.hook_name_out == "blocks.0.hook_mlp_out" and st.W_skip.shape == (16, 12)

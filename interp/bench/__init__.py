@@ -131,7 +131,6 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
     """Run the chosen sections (all by default) and print each row as it comes.
 
     ``progress``: a bar over the sections on stderr (None: only on a terminal; False: never).
-    ``against``: a venv with a peer (circuit-tracer) for the sections that compare with one (graph).
     """
     from tqdm.auto import tqdm
 
@@ -139,14 +138,14 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     if threads:
         torch.set_num_threads(threads)
-    from . import analyses, attribution, graph, interventions, startup  # noqa: F401  (their sections register in SECTIONS)
+    from . import analyses, attribution, features, graph, interventions, startup  # noqa: F401  (their sections register in SECTIONS)
 
     names = only or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise InterpError(f"unknown benchmark section(s) {unknown}: choose from {', '.join(SECTIONS)}")
     ctx = Context(n_prompts, n_pos)
-    ctx.against = against
+    ctx.against = against  # a venv of a peer to measure against (features: sae-lens; graph: circuit-tracer)
     rows: list[Row] = []
     print(f"interp bench: random GPT-2 small shape, torch {torch.__version__}, {torch.get_num_threads()} threads")
     bar = tqdm(names, desc="bench", unit="section", disable=None if progress is None else not progress, leave=False)

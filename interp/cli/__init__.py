@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError
-from . import ablate, check, circuits, compose, discovery, graph, heads, lens, misc, ov, report
+from . import ablate, check, circuits, compose, discovery, graph, heads, lens, misc, ov, report, sae
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "circuit": (discovery.add_circuit, discovery.run_circuit),
     "compose": (compose.add, compose.run),
     "check-gpt2": (check.add, check.run),
+    "sae": (sae.add, sae.run),
     "graph": (graph.add, graph.run),
 }
 

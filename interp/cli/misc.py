@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from ..errors import InterpError
 from .common import add_model_args, add_progress, count, load_model, progress
 
 
@@ -27,16 +25,21 @@ def add_bench(sub) -> None:
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
     p.add_argument("--pos", type=count("a number of tokens"), default=256, help="tokens per prompt (default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
-    p.add_argument("--against", metavar="DIR", help="a venv with circuit-tracer 0.5 to compare the graph section with")
+    p.add_argument("--against", metavar="VENV", help="a venv with the peer to measure against: sae-lens 6.54 (features section), "
+                   "circuit-tracer 0.5 (graph section)")
     add_progress(p)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from .. import bench
 
+    import os
+
+    from ..errors import InterpError
+
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     if args.against is not None and not os.path.isfile(os.path.join(args.against, "bin", "python")):
-        raise InterpError(f"--against {args.against}: not a venv (no bin/python in it)")
+        raise InterpError(f"--against {args.against}: not a venv (no bin/python)")
     bench.run(only, n_prompts=args.prompts, n_pos=args.pos, threads=args.threads, progress=progress(args),
               against=args.against)
     return 0

@@ -254,6 +254,7 @@ class SAEConfig:
         if extra:
             meta["saelens_extra"] = extra
         mode = interp_meta.get("fold_ln") if "fold_ln" in interp_meta else _saelens_mode(meta, hook_name, hook_out)
+        model_name = meta.get("model_name") or d.get("model_name")
         if "metadata_keys" in interp_meta:  # written by interp: keep the SAE's own metadata, not what save() added
             meta = {key: meta[key] for key in interp_meta["metadata_keys"] if key in meta}
         try:
@@ -270,7 +271,7 @@ class SAEConfig:
                 rescale_acts_by_decoder_norm=bool(d.get("rescale_acts_by_decoder_norm", False)) if arch == "topk" else False,
                 skip=skip,
                 dtype=_dtype_name(d.get("dtype", "float32")),
-                model_name=meta.get("model_name") or d.get("model_name"),
+                model_name=model_name,
                 fold_ln=fold_ln if fold_ln is not None else mode,
                 metadata=meta,
             )
@@ -594,7 +595,7 @@ class SAE(nn.Module):
         (or overrides it). ``dtype`` converts (default: the file's).
 
         >>> import tempfile
-        >>> sae = SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_pre", fold_ln=True))
+        >>> sae = SAE(SAEConfig("jumprelu", d_in=8, d_sae=32, hook_name="blocks.0.hook_resid_pre", model_name="gpt2", fold_ln=True))
         >>> with tempfile.TemporaryDirectory() as d:
         ...     back = SAE.load(sae.save(d))
         >>> back.cfg == sae.cfg, bool((back.W_dec == sae.W_dec).all())
@@ -751,6 +752,25 @@ class Binding:
             return x - x.mean(-1, keepdim=True)
         _, w, b = conv
         return (x - b) / w
+
+    def target(self, actual: Tensor) -> Tensor:
+        """The activation at the output hook as the SAE's output space has it (what its reconstruction aims at)."""
+        name = self.sae.cfg.hook_name_out or self.sae.cfg.hook_name
+        y = self._flat(actual, name)
+        conv = self._out
+        if conv is None:
+            return y
+        if conv[0] == "centre":
+            return y - y.mean(-1, keepdim=True)
+        _, w, b = conv
+        return (y - b) / w
+
+    def delta(self, d: Tensor, actual: Tensor) -> Tensor:
+        """A change ``d`` of the SAE's output as a change of the activation at its output hook (shaped like ``actual``)."""
+        conv = self._out
+        if conv is not None and conv[0] == "ln":
+            d = d * conv[1]
+        return d.reshape(actual.shape).to(actual.dtype)
 
     def output(self, x_hat: Tensor, actual: Tensor) -> Tensor:
         """The SAE's output as the activation at its output hook, shaped like ``actual`` (the one it replaces)."""
