@@ -297,7 +297,7 @@ class Replacement:
 
     # ------------------------------------------------------------------ the oracle: freeze and intervene
     def frozen(self, edits: Sequence[Sequence[tuple[int, float]]], *, reads: Sequence[tuple[str, int]] = (),
-               logit_ids: Optional[Tensor] = None) -> dict:
+               logit_ids: Optional[Tensor] = None, extra_hooks: Sequence[tuple] = ()) -> dict:
         """Run the frozen replacement model once per edit set; read every feature's pre-activation and more.
 
         An independent route to the same numbers as :meth:`rows` (forward runs with activations
@@ -306,7 +306,8 @@ class Replacement:
         change of the transcoder's skip term, and edit set ``e`` adds ``coef × (source's vector)`` for
         each ``(source node, coef)``. Returns ``{"pre": [E, n_features]`` pre-activations,
         ``"logits": [E, n_logits]`` logits minus their mean (for ``logit_ids``), and each of ``reads``
-        (``(hook name, layer)`` pairs such as ``("q", 1)``) as ``[E, ...]``}.
+        (``(hook name, layer)`` pairs such as ``("q", 1)``) as ``[E, ...]``}. ``extra_hooks``: more
+        ``(name, fn)`` hooks for the run (e.g. one query or key set from another run).
         """
         model, L = self.model, self.n_layers
         E = len(edits)
@@ -363,6 +364,7 @@ class Replacement:
         hooks.append(("hook_embed", edited(None)))
         for layer in range(L):
             hooks += [(self.in_names[layer], capture(layer)), (self.out_names[layer], edited(mlp_out(layer)))]
+        hooks += list(extra_hooks)
         hooks += [(hk.name(w, layer), keep((w, layer))) for w, layer in reads]
         with torch.no_grad():
             logits = model.forward(self.tokens[None].expand(E, -1), hooks=hooks)[:, -1]
