@@ -3,7 +3,7 @@
 One batched forward pass per group of prompts; a hook on each needed layer's ``hook_pattern``
 reduces the pattern to ``num``/``den`` sums per prompt, layer, head and kind straight away, so
 nothing of size ``pos²`` outlives the hook, and the pass stops right after the last needed
-pattern (``forward(stop_after=...)``). :mod:`analyses.heads` turns the sums into scores and labels.
+pattern (``forward(stop_at_layer=...)``). :mod:`analyses.heads` turns the sums into scores and labels.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def _run_batch(model: HookedGPT2, tokens: Tensor, masks: _Masks, layers: list[in
             num[:, layers.index(layer)] = torch.einsum("kbhq,kbq->bhk", values.double(), w).cpu().numpy()
             den[:, layers.index(layer)] = torch.einsum("bhq,kbq->bhk", mass.double(), w).cpu().numpy()
 
-    # Nothing after the last needed pattern is computed (later heads' outputs, MLPs, the unembedding).
-    model.forward(tokens, stop_after=f"blocks.{last}.attn.hook_pattern",
+    # Nothing after the last needed pattern's block is computed (later blocks, the unembedding).
+    model.forward(tokens, stop_at_layer=last + 1,
                   hooks=[(f"blocks.{l}.attn.hook_pattern", hook) for l in layers])
     return num, den
 

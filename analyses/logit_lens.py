@@ -142,9 +142,9 @@ def _resid_at_boundaries(
     def keep(x: Tensor, name: str) -> None:
         store[name] = x[rows, cols].detach()  # reduce in the hook: memory does not grow with pos
 
-    # unembed=False: the lens needs no logits over every position (~1/3 of GPT-2 small's forward).
+    # stop_at_layer=n_layers: the final stream, not the logits: the lens needs no logits over every position (~1/3 of GPT-2 small's forward).
     model.forward(
-        batch.tokens, attention_mask=batch.attention_mask, hooks=[(h, keep) for _, h, _ in bounds], unembed=False
+        batch.tokens, attention_mask=batch.attention_mask, hooks=[(h, keep) for _, h, _ in bounds], stop_at_layer=model.cfg.n_layers
     )
     return torch.stack([store[h] for _, h, _ in bounds])
 

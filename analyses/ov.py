@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -64,7 +64,6 @@ __all__ = [
     "ov_summary",
     "ov_spectrum",
     "ov_tokens",
-    "ov_view",
 ]
 
 #: Energy shares (of Σσ²) whose ranks the summary reports as ``rank90`` and ``rank99``.
@@ -86,7 +85,8 @@ def _heads_index(model: HookedGPT2, layer: Any, head: Any) -> tuple:
     return model.check_head(layer, head)
 
 
-def _check_rank(model: HookedGPT2, k: Any) -> int:
+def check_rank(model: HookedGPT2, k: Any) -> int:
+    """``k`` if it is a rank a head's ``W_OV`` can have (0–d_head), else a one-line error."""
     d = model.cfg.d_head
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= d:
         raise InterpError(f"rank {k!r} out of range: a head's W_OV has rank at most d_head = {d} (0–{d})")
@@ -94,7 +94,7 @@ def _check_rank(model: HookedGPT2, k: Any) -> int:
 
 
 # ---------------------------------------------------------------------------- the factorisations
-def _factored_svd(W_V: Tensor, W_O: Tensor, vectors: bool = True):
+def factored_svd(W_V: Tensor, W_O: Tensor, vectors: bool = True):
     """SVD of ``W_V @ W_O`` through two thin QRs and a ``d_head × d_head`` SVD, batched.
 
     ``W_V = Q_v R_v`` and ``W_Oᵀ = Q_o R_o`` give ``W_OV = Q_v (R_v R_oᵀ) Q_oᵀ``; the SVD of the small
@@ -135,7 +135,7 @@ def ov_svd(
         ``U[:, :k] diag(S[:k]) V[:, :k]ᵀ`` equals ``W_OV @ V[:, :k] @ V[:, :k]ᵀ``.
     """
     idx = _heads_index(model, layer, head)
-    U, S, V = _factored_svd(model.W_V[idx], model.W_O[idx])
+    U, S, V = factored_svd(model.W_V[idx], model.W_O[idx])
     dt = model.cfg.dtype
     return U.to(dt), S.to(dt), V.to(dt)
 
@@ -232,7 +232,7 @@ def ov_summary(model: HookedGPT2, n_top: int = 3) -> pd.DataFrame:
         raise InterpError(f"n_top {n_top!r} out of range: 0–{model.cfg.d_head} (d_head)")
     warn_unfolded(model)
     cfg = model.cfg
-    S = _factored_svd(model.W_V, model.W_O, vectors=False)  # [L, H, d_head] float64
+    S = factored_svd(model.W_V, model.W_O, vectors=False)  # [L, H, d_head] float64
     ranks = _ranks(S, cfg.d_model)
     frob = S.square().sum(-1).sqrt()
     scale = float(model.W_E.norm()) * float(model.W_U.norm()) * frob
@@ -256,7 +256,7 @@ def ov_spectrum(model: HookedGPT2, layer: Any = None, head: Any = None) -> pd.Da
     """
     idx = _heads_index(model, layer, head)
     cfg = model.cfg
-    S = _factored_svd(model.W_V, model.W_O, vectors=False)
+    S = factored_svd(model.W_V, model.W_O, vectors=False)
     energy = S.square() / S.square().sum(-1, keepdim=True)
     L, H, D = S.shape
     grid = torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(1, D + 1), indexing="ij")
@@ -312,47 +312,3 @@ def ov_tokens(model: HookedGPT2, layer: Any, head: Any, n_directions: int = 3, t
 
 
 # ---------------------------------------------------------------------------- one view for the command line
-def ov_view(
-    model: HookedGPT2,
-    layer: Any = None,
-    head: Any = None,
-    *,
-    ks: Optional[Sequence[int]] = None,
-    inputs: Any = None,
-    n_directions: int = 3,
-    top: int = 8,
-    progress: Optional[bool] = None,
-) -> dict:
-    """Everything ``interp ov`` shows, as tables; ``result["table"]`` is the one ``--out`` writes.
-
-    ``summary`` (every head, :func:`ov_summary`) and its ``rows`` (the layer's or head's); with a head,
-    its ``spectrum`` and ``tokens`` (:func:`ov_spectrum`, :func:`ov_tokens`); with ``ks``, the
-    ``rank_k`` loss table on ``inputs`` (default: 8 repeated random-token sequences), for the head,
-    the layer's heads, or every head. ``table`` is ``rank_k`` if asked for, else the head's spectrum,
-    else the layer's rows, else the summary.
-    """
-    from interp.probes import repeated_tokens
-
-    from .ov_rank import rank_k_loss
-
-    if head is not None and layer is None:
-        raise InterpError("a head needs its layer")
-    if head is not None:
-        model.check_head(layer, head)
-    elif layer is not None:
-        model.check_layer(layer)
-    if ks is not None:
-        ks = [_check_rank(model, k) for k in ks]
-    summary = ov_summary(model)
-    rows = summary if layer is None else summary[summary["layer"] == layer]
-    rows = rows if head is None else rows[rows["head"] == head]
-    out: dict[str, Any] = {"summary": summary, "rows": rows, "table": rows if layer is not None else summary}
-    if head is not None:
-        out["spectrum"] = out["table"] = ov_spectrum(model, layer, head)
-        out["tokens"] = ov_tokens(model, layer, head, n_directions=n_directions, top=top)
-    if ks is not None:
-        heads = [(layer, head)] if head is not None else (
-            [(layer, h) for h in range(model.cfg.n_heads)] if layer is not None else None)
-        out["rank_k"] = out["table"] = rank_k_loss(model, repeated_tokens(model, 8) if inputs is None else inputs,
-                                                   heads=heads, ks=ks, progress=progress)
-    return out

@@ -19,11 +19,12 @@ from torch import Tensor
 
 from interp import select
 from interp.errors import InterpError
+from interp.folding import centred, folded_reader
 from interp.model import HookedGPT2
 
-from .ov import _check_rank, _factored_svd
+from .ov import check_rank, factored_svd, ov_spectrum, ov_summary, ov_tokens
 
-__all__ = ["low_rank_ov", "rank_k_loss", "default_ranks"]
+__all__ = ["low_rank_ov", "rank_k_loss", "default_ranks", "ov_view"]
 
 
 def _effective_ov(model: HookedGPT2, layer: int) -> tuple[
@@ -37,11 +38,11 @@ def _effective_ov(model: HookedGPT2, layer: int) -> tuple[
     hold exactly these; for raw ones they are computed here, so a rank-k cut means the same thing
     whatever ``fold_ln`` is.
     """
-    W_V = model.ln1_w[layer][None, :, None] * model.W_V[layer]
-    W_V = W_V - W_V.mean(-2, keepdim=True)
-    b_V = model.b_V[layer] + torch.einsum("m,hmd->hd", model.ln1_b[layer], model.W_V[layer])
-    W_O = model.W_O[layer] - model.W_O[layer].mean(-1, keepdim=True)
-    return W_V, b_V, W_O
+    H, M, D = model.W_V.shape[1:]
+    gain, bias = model.ln_weights("ln1", layer)
+    W_V, b_V = folded_reader(model.W_V[layer].permute(1, 0, 2).reshape(M, H * D), model.b_V[layer].reshape(-1),
+                             gain, bias)
+    return W_V.reshape(M, H, D).permute(1, 0, 2), b_V.reshape(H, D), centred(model.W_O[layer])
 
 
 @contextlib.contextmanager
@@ -75,14 +76,14 @@ def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
     >>> bool(torch.allclose(same, model(tokens), atol=1e-4)), model.has_hooks
     (True, False)
     """
-    heads, k = select.heads(model, heads, sort=False), _check_rank(model, k)
+    heads, k = select.heads(model, heads, sort=False), check_rank(model, k)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
     hooks = []
     for layer, hs in sorted(by_layer.items()):
         W_V, b_V, W_O = _effective_ov(model, layer)
-        V_k = _factored_svd(W_V[hs], W_O[hs])[2][..., :k].to(model.cfg.dtype)  # [n, d_model, k]
+        V_k = factored_svd(W_V[hs], W_O[hs])[2][..., :k].to(model.cfg.dtype)  # [n, d_model, k]
         bias = torch.einsum("nd,ndm->nm", b_V[hs], model.W_O[layer, hs])  # as the head writes it in this mode
         hooks.append((("result", layer), _projector(torch.tensor(hs, device=V_k.device), V_k, bias)))
     with model.hooks(hooks):
@@ -164,7 +165,7 @@ def rank_k_loss(
     cfg = model.cfg
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] if heads is None else heads
     heads = select.heads(model, heads, sort=False)
-    ks = default_ranks(cfg.d_head) if ks is None else [_check_rank(model, k) for k in ks]
+    ks = default_ranks(cfg.d_head) if ks is None else [check_rank(model, k) for k in ks]
     if not ks:
         raise InterpError("no ranks given: pass ks=[...] with values 0–d_head, or None for the default")
     batch = model.to_batch(inputs)
@@ -197,3 +198,47 @@ def rank_k_loss(
     clean /= n_tokens
     rows = [(layer, head, k, s / n_tokens, clean, s / n_tokens - clean) for (layer, head, k), s in zip(runs, sums)]
     return select.tidy(pd.DataFrame(rows, columns=["layer", "head", "k", "loss", "clean_loss", "delta"]))
+
+
+def ov_view(
+    model: HookedGPT2,
+    layer: Any = None,
+    head: Any = None,
+    *,
+    ks: Optional[Sequence[int]] = None,
+    inputs: Any = None,
+    n_directions: int = 3,
+    top: int = 8,
+    progress: Optional[bool] = None,
+) -> dict:
+    """Everything ``interp ov`` shows, as tables; ``result["table"]`` is the one ``--out`` writes.
+
+    ``summary`` (every head, :func:`ov_summary`) and its ``rows`` (the layer's or head's); with a head,
+    its ``spectrum`` and ``tokens`` (:func:`ov_spectrum`, :func:`ov_tokens`); with ``ks``, the
+    ``rank_k`` loss table on ``inputs`` (default: 8 repeated random-token sequences), for the head,
+    the layer's heads, or every head. ``table`` is ``rank_k`` if asked for, else the head's spectrum,
+    else the layer's rows, else the summary.
+    """
+    from interp.probes import repeated_tokens
+
+    if head is not None and layer is None:
+        raise InterpError("a head needs its layer")
+    if head is not None:
+        model.check_head(layer, head)
+    elif layer is not None:
+        model.check_layer(layer)
+    if ks is not None:
+        ks = [check_rank(model, k) for k in ks]
+    summary = ov_summary(model)
+    rows = summary if layer is None else summary[summary["layer"] == layer]
+    rows = rows if head is None else rows[rows["head"] == head]
+    out: dict[str, Any] = {"summary": summary, "rows": rows, "table": rows if layer is not None else summary}
+    if head is not None:
+        out["spectrum"] = out["table"] = ov_spectrum(model, layer, head)
+        out["tokens"] = ov_tokens(model, layer, head, n_directions=n_directions, top=top)
+    if ks is not None:
+        heads = [(layer, head)] if head is not None else (
+            [(layer, h) for h in range(model.cfg.n_heads)] if layer is not None else None)
+        out["rank_k"] = out["table"] = rank_k_loss(model, repeated_tokens(model, 8) if inputs is None else inputs,
+                                                   heads=heads, ks=ks, progress=progress)
+    return out

@@ -106,50 +106,61 @@ class Ablator:
         elif method in ("mean", "mean_pos"):
             self.stats, self.n_ref_pos = _reference_means(model, reference, layers, per_position=method == "mean")
         elif method == "resample" and reference is not None:
-            self.stats = _reference_z(model, reference, layers)
-            n_ref, self.n_ref_pos = next(iter(self.stats.values())).shape[:2] if self.stats else (0, 0)
+            self.stats, self.ref_lengths = _reference_z(model, reference, layers)
+            n_ref, self.n_ref_pos = next(iter(self.stats.values())).shape[:2]
             self.perm = torch.randperm(n_ref, generator=torch.Generator().manual_seed(seed)).to(model.cfg.device)
         self.in_batch = method == "resample" and reference is None
 
     # -- checks that a run can be ablated, with messages naming the culprit
-    def check_run(self, n_rows: int, n_pos: int) -> None:
-        if self.method in ("mean", "resample") and self.stats and n_pos > self.n_ref_pos:
-            raise InterpError(
-                f"{self.method} ablation: the reference covers positions 0–{self.n_ref_pos - 1} but the run has "
-                f"{n_pos} positions; give longer reference prompts" + (" or use method='mean_pos'" if self.method == "mean" else "")
-            )
+    def check_run(self, n_rows: int) -> None:
+        """Checks that need only the run's size (before it starts); positions are checked as it runs."""
         if self.in_batch and n_rows < 2:
             raise InterpError("resample ablation without reference= takes values from other prompts of the batch: "
                               "the batch needs at least 2 prompts (or pass reference=)")
 
     def replace(self, layer: int, act: Tensor, heads: Bool[Tensor, "rows n_heads"], group: int) -> Tensor:
-        """The activation with ``heads`` (per row, or one row for all) ablated.
+        """The activation with ``heads`` (per row, or one row for all) ablated, in the run in progress.
 
-        ``group`` is the number of prompts in the user's batch: a scan stacks several
-        variants of it, and row ``r`` is then prompt ``r % group`` (resampling pairs prompts).
+        ``group`` is the number of prompts in the user's batch: a scan stacks several variants of it,
+        and row ``r`` is then prompt ``r % group`` (resampling pairs prompts). Positions are each prompt's
+        token positions (:meth:`~interp.HookedGPT2.run_positions`), so left and right padding give the
+        same numbers.
         """
         if self.point == "pattern":
             return self._pattern(act, heads)
-        self.check_run(group, act.shape[1])
+        self.check_run(group)
         m = heads[:, None, :, None]  # [rows, 1, n_heads, 1] against z [rows, pos, n_heads, d_head]
         if self.method == "zero":
             return act.masked_fill(m, 0.0)
+        if self.method == "mean_pos":
+            return torch.where(m, self.stats[layer].to(act.dtype), act)
+        pos, real, first = self.model.run_positions()
         if self.method == "mean":
-            value = self.stats[layer][: act.shape[1]]
-        elif self.method == "mean_pos":
-            value = self.stats[layer]
+            _check_covered(pos, real, torch.full_like(pos, self.n_ref_pos), "the reference covers positions "
+                           f"0–{self.n_ref_pos - 1}", "give longer reference prompts or use method='mean_pos'")
+            value = self.stats[layer][pos.clamp(max=self.n_ref_pos - 1)]
         else:
-            prompt = torch.arange(act.shape[0], device=act.device) % group
-            if self.in_batch:
-                source = (torch.arange(act.shape[0], device=act.device) - prompt) + _derangement(group, self.seed).to(act.device)[prompt]
-                value = act[source]
+            rows = torch.arange(act.shape[0], device=act.device)
+            prompt = rows % group
+            if self.in_batch:  # another prompt of the same run, at the same token positions
+                source = rows - prompt + _derangement(group, self.seed).to(act.device)[prompt]
+                lengths = real.sum(-1)
+                _check_covered(pos, real, lengths[source][:, None].expand_as(pos), "its source prompt",
+                               "resampling within the batch needs prompts of equal length (or pass reference=)")
+                value = act[source[:, None], (first[source][:, None] + pos).clamp(max=act.shape[1] - 1)]
             else:
-                value = self.stats[layer][self.perm[prompt % len(self.perm)], : act.shape[1]]
+                source = self.perm[prompt % len(self.perm)]
+                _check_covered(pos, real, self.ref_lengths[source][:, None].expand_as(pos), "its reference prompt",
+                               "give reference prompts at least as long as the run's")
+                value = self.stats[layer][source[:, None], pos.clamp(max=self.stats[layer].shape[1] - 1)]
         return torch.where(m, value.to(act.dtype), act)
 
     def _pattern(self, pattern: Tensor, heads: Tensor) -> Tensor:
-        P = pattern.shape[-1]
-        remove = heads[:, :, None, None] & _key_mask(self.keys, P, pattern.device)  # [rows, n_heads, q, k]
+        pos, real, _ = self.model.run_positions()
+        if pos.shape[1] != pattern.shape[-1]:
+            raise InterpError("pattern ablation needs every key of the run (it cannot run on a run that reuses "
+                              "earlier positions' keys and values)")
+        remove = heads[:, :, None, None] & _key_mask(self.keys, pos, real)[:, None]  # [rows, n_heads, q, k]
         out = pattern.masked_fill(remove, 0.0)
         if self.renormalize:
             total = out.sum(-1, keepdim=True)
@@ -169,6 +180,14 @@ class Ablator:
 
             out.append((hk.name(self.point, layer), fn))
         return out
+
+
+def _check_covered(pos: Tensor, real: Tensor, limit: Tensor, what: str, hint: str) -> None:
+    """A one-line error when a real token's position is not covered by its source (``pos < limit``)."""
+    bad = real & (pos >= limit)
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise InterpError(f"position {int(pos[r, c])} of prompt {r} is beyond {what} ({int(limit[r, c])} tokens): {hint}")
 
 
 def _check_keys(keys: Any, n_ctx: int) -> Any:
@@ -193,21 +212,24 @@ def _check_keys(keys: Any, n_ctx: int) -> Any:
     return tuple(positions)
 
 
-def _key_mask(keys: Any, P: int, device: Any) -> Bool[Tensor, "query_pos key_pos"]:
-    """True where a query's attention to a key is removed."""
-    q = torch.arange(P, device=device)[:, None]
-    k = torch.arange(P, device=device)[None, :]
+def _key_mask(keys: Any, pos: Tensor, real: Tensor) -> Bool[Tensor, "batch query_pos key_pos"]:
+    """True where a query's attention to a key is removed; ``pos`` are token positions within each prompt,
+    so ``"bos"`` is each prompt's first real token and position lists count from it, whatever the padding."""
+    q, k = pos[:, :, None], pos[:, None, :]
+    key_real = real[:, None, :]
     if keys == "previous":
-        return k == q - 1
+        return (k == q - 1) & key_real
     if keys == "self":
-        return k == q
+        return (k == q) & key_real
     if keys == "bos":
-        return (k == 0).expand(P, P)
+        return (k == 0) & key_real
     if isinstance(keys, Tensor):
-        if keys.shape[0] < P or keys.shape[1] < P:
-            raise InterpError(f"keys mask has shape {tuple(keys.shape)} but the run has {P} positions")
-        return keys[:P, :P].to(device)
-    return torch.isin(k, torch.tensor(keys, dtype=torch.long, device=device)).expand(P, P)
+        n = int(pos[real].max()) + 1
+        if keys.shape[0] < n or keys.shape[1] < n:
+            raise InterpError(f"keys mask has shape {tuple(keys.shape)} but the run's prompts have up to {n} tokens")
+        keys = keys.to(pos.device)
+        return keys[q.clamp(max=keys.shape[0] - 1), k.clamp(max=keys.shape[1] - 1)] & key_real
+    return torch.isin(k, torch.tensor(keys, dtype=torch.long, device=pos.device)) & key_real
 
 
 def _derangement(n: int, seed: int) -> Tensor:
@@ -219,14 +241,16 @@ def _derangement(n: int, seed: int) -> Tensor:
 
 
 def _reference_batches(model: HookedGPT2, reference: Any, tokens_per_pass: int = 16384) -> Iterator[Batch]:
+    from .engine import Engine
+
     batch = model.to_batch(reference)
-    step = max(1, tokens_per_pass // batch.tokens.shape[1])
-    for i in range(0, len(batch), step):
-        yield Batch(batch.tokens[i : i + step], batch.attention_mask[i : i + step])
+    for rows in Engine(model, tokens_per_pass).chunks(range(len(batch)), batch.tokens.shape[1]):
+        yield Batch(batch.tokens[rows], batch.attention_mask[rows])
 
 
 def _reference_means(model: HookedGPT2, reference: Any, layers: list[int], per_position: bool):
-    """Mean ``z`` of the layers' heads over the reference's real tokens, summed inside the hooks."""
+    """Mean ``z`` of the layers' heads over the reference's real tokens, by token position (or pooled),
+    summed inside the hooks."""
     cfg = model.cfg
     P = model.to_batch(reference).tokens.shape[1]
     shape = (P if per_position else 1, cfg.n_heads, cfg.d_head)
@@ -243,20 +267,34 @@ def _reference_means(model: HookedGPT2, reference: Any, layers: list[int], per_p
             model.forward(batch.tokens, attention_mask=real, stop_at_layer=max(layers) + 1,
                           hooks=[(hk.name("z", layer), add) for layer in layers])
             counts.index_add_(0, where, torch.ones_like(where, dtype=torch.float64))
-    covered = int((counts > 0).sum())  # right after real tokens start, positions are covered contiguously
+    covered = int((counts > 0).sum())  # every prompt starts at position 0, so positions are covered contiguously
     means = {layer: (s[:covered] / counts[:covered, None, None]).to(cfg.dtype) for layer, s in sums.items()}
     return ({l: m[0] for l, m in means.items()} if not per_position else means), covered
 
 
-def _reference_z(model: HookedGPT2, reference: Any, layers: list[int]) -> dict[int, Tensor]:
-    """The reference's ``z`` at each layer, ``[n_ref, pos, n_heads, d_head]``."""
-    kept: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+def _reference_z(model: HookedGPT2, reference: Any, layers: list[int]) -> tuple[dict[int, Tensor], Tensor]:
+    """The reference's ``z`` at each layer by token position, ``[n_ref, longest, n_heads, d_head]``
+    (zeros past a prompt's end), and each reference prompt's length."""
+    cfg = model.cfg
+    batch = model.to_batch(reference)
+    lengths = batch.lengths
+    longest = int(lengths.max())
+    out = {l: torch.zeros(len(batch), longest, cfg.n_heads, cfg.d_head, dtype=cfg.dtype, device=cfg.device)
+           for l in layers}
+    row = 0
     with torch.no_grad(), model.hooks_suspended():
-        for batch in _reference_batches(model, reference):
-            model.forward(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=max(layers) + 1,
-                          hooks=[(hk.name("z", l), lambda z, name: kept[hk.layer_of(name)].append(z.detach()))
-                                 for l in layers])
-    return {layer: torch.cat(zs) for layer, zs in kept.items()}
+        for part in _reference_batches(model, batch):
+            real = part.attention_mask
+            rows = torch.arange(row, row + len(part), device=cfg.device)[:, None].expand_as(real)[real]
+            where = part.position_ids[real]
+
+            def keep(z: Tensor, name: str) -> None:
+                out[hk.layer_of(name)][rows, where] = z[real]
+
+            model.forward(part.tokens, attention_mask=real, stop_at_layer=max(layers) + 1,
+                          hooks=[(hk.name("z", l), keep) for l in layers])
+            row += len(part)
+    return out, lengths
 
 
 # ---------------------------------------------------------------------------- scoped ablation

@@ -16,17 +16,24 @@ d_head for heads (their ``z``), d_model for the embeddings and MLPs; a sender's 
 sum to its node score (every sender feeds the logits). ``method="atp"`` and ``"eap"`` are two
 names of this one estimate.
 
+Signs, against hannamw/EAP-IG: its ``get_scores_eap`` takes the gradient at its *clean* run and
+multiplies by ``corrupted − clean`` (the noising direction). So ``attribute(model, A, B)`` equals
+EAP-IG's scores with ``clean=B, corrupted=A`` — swap the two to compare (the tests compare that way).
+
 EAP-IG (Hanna et al. 2024) replaces the gradient by its average along the straight line from the
-corrupted to the clean input embeddings, at ``α = k/steps`` for ``k = 1 … steps`` (their code's
-right Riemann sum; ``steps=5`` as in the paper), which corrects gradients that saturate. The
-embeddings' own score then tends to ``metric(clean) − metric(corrupted)`` as steps grow
-(completeness; a test checks it).
+corrupted to the clean input embeddings, which corrects gradients that saturate: interp averages
+at ``α = k/steps`` for ``k = 1 … steps`` (a right Riemann sum, ending at the clean input; ``steps=5``
+as in the paper). EAP-IG's code used the same sum until February 2025; since then it averages at
+``k = 0 … steps − 1`` (a left sum, starting at the corrupted input). The two differ by O(1/steps)
+and agree as steps grow. With interp's sum the embeddings' own score tends to
+``metric(clean) − metric(corrupted)`` (completeness; a test checks it).
 
 Cost: one clean forward, one corrupted forward + backward (``steps`` of them for EAP-IG, stacked
-along the batch), then one matrix product ``[senders, B·P·d_model] × [B·P·d_model, receivers]``
-per layer. The gradient at each head's q/k/v copy of the stream is read at ``hook_q/k/v`` and
-taken back through ``W_Q/W_K/W_V`` and LayerNorm's Jacobian in closed form
-(:func:`interp.gradients.layer_norm_backward`): no per-head copies of the stream in the forward.
+along the batch by :class:`interp.engine.Engine`), then one matrix product
+``[senders, B·P·d_model] × [B·P·d_model, receivers]`` per layer. The gradient at each head's q/k/v
+copy of the stream is read at ``hook_q/k/v`` and taken back through ``W_Q/W_K/W_V`` and LayerNorm's
+Jacobian in closed form (:meth:`interp.engine.Engine.receiver_grads`): no per-head copies of the
+stream in the forward.
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ import torch
 from torch import Tensor
 
 from . import hooks as hk
+from .edge_patching import outputs_of, sender_outputs
+from .engine import Engine, check_span, paired_batches
 from .errors import InterpError
-from .gradients import layer_norm_backward, read_gradients
+from .gradients import read_gradients
 from .graph import Graph
 from .metrics import Metric, pair_metric
-from .patching import paired_batches
 from .tokens import Batch
 
 __all__ = ["attribute", "METHODS", "LEVELS"]
@@ -75,55 +83,27 @@ def check_method(method: Any, steps: Any) -> tuple[str, int]:
     return method, steps if method == "eap-ig" else 1
 
 
-def _outputs(model, acts: dict, L: int) -> Tensor:
-    """Every sender's output ``[sender, batch, pos, d_model]`` in graph order, from a run's activations."""
-    H = model.cfg.n_heads
-    x0 = acts[hk.name("resid_pre", 0)]
-    B, P, M = x0.shape
-    out = torch.empty(1 + L * (H + 1), B, P, M, dtype=x0.dtype, device=x0.device)
-    out[0] = x0
-    for l in range(L):
-        first = 1 + l * (H + 1)
-        z = acts[hk.name("z", l)].permute(2, 0, 1, 3).reshape(H, B * P, -1)  # [head, B·P, d_head]
-        torch.bmm(z, model.W_O[l], out=out[first : first + H].view(H, B * P, M))  # each head's write, in place
-        out[first + H] = acts[hk.name("mlp_out", l)]
-    return out
-
-
-def sender_outputs(model, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-    """``(outputs [sender, batch, pos, d_model], z [layer, batch, pos, head, d_head], final stream)`` of a plain run."""
-    L = model.cfg.n_layers
-    names = [hk.name("resid_pre", 0)] + [hk.name(s, l) for l in range(L) for s in ("z", "mlp_out")]
-    kept: dict[str, Tensor] = {}
-    with torch.no_grad():
-        final = model.forward(batch.tokens, attention_mask=batch.attention_mask, unembed=False,
-                              hooks=[(n, lambda x, name: kept.__setitem__(name, x)) for n in names])
-    return _outputs(model, kept, L), _zs(kept, L), final
-
-
-def _zs(acts: dict, L: int) -> Tensor:
-    return torch.stack([acts[hk.name("z", l)] for l in range(L)])
-
-
 def compute_scores(model, cb: Batch, kb: Batch, metric: Metric, *, level: str = "edge", method: str = "eap",
                    steps: int = 5, chunk_tokens: int = 8192, progress: Optional[bool] = None) -> Scores:
     """The node (and, at ``level="edge"``, edge) scores of a checked pair of batches."""
     from tqdm.auto import tqdm
 
     cfg, L = model.cfg, model.cfg.n_layers
+    engine = Engine(model, chunk_tokens)
     graph = Graph(L, cfg.n_heads)
     B, P = kb.tokens.shape
     alphas = [k / steps for k in range(1, steps + 1)] if method == "eap-ig" else [None]
-    per_run = max(1, chunk_tokens // (B * P))
-    runs = [alphas[i : i + per_run] for i in range(0, len(alphas), per_run)]
-    clean_out, clean_z, clean_final = sender_outputs(model, cb)
-    clean_v = float(metric.from_resid(model, clean_final, cb))
-    if method == "eap-ig":
-        corrupt_out, corrupt_z, corrupt_final = sender_outputs(model, kb)
-        corrupt_v = float(metric.from_resid(model, corrupt_final, kb))
+    runs = list(engine.chunks(alphas, B * P))  # interpolation steps stacked along the batch
+    with torch.no_grad():
+        clean_out, clean_z, clean_run = sender_outputs(engine, cb)
+        clean_v = float(metric.from_resid(model, clean_run.final, cb))
+        if method == "eap-ig":
+            corrupt_out, corrupt_z, corrupt_run = sender_outputs(engine, kb)
+            corrupt_v = float(metric.from_resid(model, corrupt_run.final, kb))
+            check_span(metric, clean_v, corrupt_v)
     names = [hk.name("resid_pre", 0)] + [hk.name(s, l) for l in range(L) for s in ("z", "mlp_out")]
     if level == "edge":
-        names += [hk.name(s, l) for l in range(L) for s in ("resid_pre", "q", "k", "v", "resid_mid", "ln2")]
+        names += [hk.name(s, l) for l in range(L) for s in ("resid_pre", "q", "k", "v", "mlp_in")]
         names.append(hk.name("resid_post", L - 1))
     names = list(dict.fromkeys(names))
     node_grads: dict[str, Tensor] = {}
@@ -144,14 +124,16 @@ def compute_scores(model, cb: Batch, kb: Batch, metric: Metric, *, level: str = 
 
             got = read_gradients(model, Batch(tokens, mask), names, hooks=hooks, metric_of=metric_of)
             acts, grads = got.activations, got.gradients
-            if method != "eap-ig":
-                corrupt_out, corrupt_z, corrupt_v = _outputs(model, acts, L), _zs(acts, L), got.value
+            if method != "eap-ig":  # the gradient's own run is the corrupted run: its outputs, no second forward
+                corrupt_out, corrupt_v = outputs_of(engine, acts), got.value
+                corrupt_z = torch.stack([acts[hk.name("z", l)] for l in range(L)])
+                check_span(metric, clean_v, corrupt_v)
             for n in names[: 1 + 2 * L]:
                 g = grads[n].reshape(S, B, *grads[n].shape[1:]).sum(0)
                 node_grads[n] = g if n not in node_grads else node_grads[n] + g
             if level == "edge":
                 for l in range(L + 1):
-                    g = _receiver_grads(model, acts, grads, l, S)
+                    g = engine.receiver_grads(acts, grads, l, S)
                     G[l] = g if G[l] is None else G[l] + g
             bar.update()
     delta = clean_out.sub_(corrupt_out)  # [sender, B, P, d_model]; the clean outputs are not needed after this
@@ -165,51 +147,6 @@ def compute_scores(model, cb: Batch, kb: Batch, metric: Metric, *, level: str = 
             edge[:n, graph.receiver_slice(l)] = flat[:n] @ G[l].reshape(len(G[l]), -1).T
         edge = edge * graph.valid.to(edge.device)
     return Scores(graph, node, edge, clean_v, corrupt_v, metric, method, steps)
-
-
-def _receiver_grads(model, acts: dict, grads: dict, layer: int, S: int) -> Tensor:
-    """Σ over the ``S`` stacked steps of ∂metric/∂(each receiver's own copy of the stream), layer ``layer``.
-
-    Layer ``n_layers`` means the logits. A head's q/k/v gradient ``g`` goes back through ``W`` and
-    ``ln1``'s Jacobian at the shared stream ``x``: with ``x̂`` the normalised stream, ``σ`` its scale and
-    ``W̃ = diag(w) W`` (the gain folded in), ``∂/∂x = (g/σ)W̃ᵀ − mean_m((g/σ)W̃ᵀ) − x̂·((g/σ)·W̃ᵀx̂)/d_model``
-    (:func:`~interp.gradients.layer_norm_backward`). The first term is summed over the steps in d_head
-    space before it is widened; the second is d_head-sized; ``W̃ᵀx̂`` is the head's own q/k/v from the
-    forward pass less its biases. So the ``[3·heads, batch, pos, d_model]`` result is written once and
-    updated twice in place, whatever ``S``.
-    """
-    cfg, H = model.cfg, model.cfg.n_heads
-    if layer == cfg.n_layers:
-        g = grads[hk.name("resid_post", layer - 1)]
-        return g.reshape(S, -1, *g.shape[1:]).sum(0)[None]
-    x = acts[hk.name("resid_pre", layer)]
-    R, P, M = x.shape
-    B = R // S
-    sigma = (x.var(-1, unbiased=False, keepdim=True) + cfg.eps).sqrt()  # [R, P, 1]
-    w, b = model.ln1_w[layer], model.ln1_b[layer]
-    out = torch.empty(3 * H + 1, B, P, M, dtype=x.dtype, device=x.device)
-    m1, m2 = [], []
-    for i, (what, W_, b_) in enumerate(zip("qkv", (model.W_Q, model.W_K, model.W_V), (model.b_Q, model.b_K, model.b_V))):
-        Ww = W_[layer] * w[None, :, None]  # [H, d_model, d_head]
-        g = grads[hk.name(what, layer)] / sigma[..., None]  # [R, P, H, d_head]
-        proj = acts[hk.name(what, layer)] - (torch.einsum("m,hmd->hd", b, W_[layer]) + b_[layer])  # x̂ W̃, per head
-        m2.append((g * proj).sum(-1) / M)  # [R, P, H]
-        g = g.reshape(S, B, P, H, -1).sum(0)
-        torch.bmm(g.permute(2, 0, 1, 3).reshape(H, B * P, -1), Ww.transpose(1, 2),
-                  out=out[i * H : (i + 1) * H].view(H, B * P, M))
-        m1.append(torch.einsum("bphd,hd->hbp", g, Ww.mean(1)))  # each row's mean over d_model
-    heads = out[: 3 * H]
-    heads.sub_(torch.cat(m1)[..., None])
-    xhat = (x - x.mean(-1, keepdim=True)) / sigma
-    m2 = torch.cat(m2, -1)  # [R, P, 3H]
-    if S == 1:
-        heads.addcmul_(xhat[None], m2.permute(2, 0, 1)[..., None], value=-1)
-    else:
-        heads.sub_(torch.einsum("sbpm,sbph->hbpm", xhat.view(S, B, P, M), m2.view(S, B, P, -1)))
-    mlp = layer_norm_backward(acts[hk.name("resid_mid", layer)], model.ln2_w[layer], grads[hk.name("ln2", layer)],
-                              cfg.eps)
-    out[3 * H] = mlp.reshape(S, B, P, M).sum(0)
-    return out
 
 
 def _node_scores(model, graph: Graph, delta: Tensor, dz: Tensor, grads: dict) -> Tensor:

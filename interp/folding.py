@@ -109,6 +109,22 @@ def fold_embeddings(w: dict[str, Tensor]) -> dict[str, Tensor]:
     return w
 
 
+def folded_reader(W: Tensor, b: Tensor, gain: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A weight ``W`` ``[d_model, out]`` (and its bias) that reads LayerNorm ``(gain, bias)``, folded: new tensors
+    ``(diag(γ)W centred over d_model, b + βW)`` — what loading with ``fold_ln=True`` writes, for code that
+    needs one weight as a folded model would hold it (e.g. a raw model's circuits read in the folded basis)."""
+    out, b = torch.empty_like(W), b.clone()
+    _fold_reader(W, out, b, gain, bias)
+    return out, b
+
+
+def centred(x: Tensor) -> Tensor:
+    """A new tensor: every vector of ``x`` along its last dimension minus its mean (how writing weights are folded)."""
+    out = torch.empty_like(x)
+    _centre_rows(x, out)
+    return out
+
+
 def _fold_reader(W: Tensor, out: Tensor, b: Tensor, gain: Tensor, bias: Tensor) -> None:
     """A weight ``W`` ``[d_model, out]`` reading a LayerNorm: ``b += βW``, ``out = diag(γ)W`` centred over d_model.
 

@@ -30,7 +30,7 @@ from . import hooks as hk
 from .errors import InterpError
 from .metrics import resolve_metric
 
-__all__ = ["read_gradients", "Gradients", "layer_norm_backward"]
+__all__ = ["read_gradients", "Gradients"]
 
 
 @dataclass
@@ -82,7 +82,7 @@ def read_gradients(model, inputs: Any, names: hk.NameSpec, metric: Any = None, *
 
     try:
         with torch.enable_grad():
-            final = model.forward(batch.tokens, attention_mask=batch.attention_mask, unembed=False,
+            final = model.forward(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers,
                                   hooks=[*(hooks or ()), *((n, grab) for n in wanted)])
             value = metric_of(final)
             if not isinstance(value, Tensor) or value.ndim != 0:
@@ -102,18 +102,3 @@ def read_gradients(model, inputs: Any, names: hk.NameSpec, metric: Any = None, *
         )
     finally:
         live.clear()  # no graph survives an exception through the traceback's frames
-
-
-def layer_norm_backward(x: Tensor, w: Tensor, g: Tensor, eps: float) -> Tensor:
-    """∂metric/∂x from ∂metric/∂y for ``y = layer_norm(x) * w + b`` over the last dimension.
-
-    ``x`` broadcasts against ``g`` (one stream read by many heads: ``x [batch, pos, d_model]``,
-    ``g [head, batch, pos, d_model]``), so a receiver's gradient with respect to its own copy of
-    the stream costs no second forward pass: LayerNorm's Jacobian at ``x`` is
-    ``(I − 1/n − x̂ x̂ᵀ/n) diag(w) / σ``, the same for every reader of that stream.
-    """
-    mu = x.mean(-1, keepdim=True)
-    sigma = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
-    xhat = (x - mu) / sigma
-    gw = g * w
-    return (gw - gw.mean(-1, keepdim=True) - xhat * (gw * xhat).mean(-1, keepdim=True)) / sigma

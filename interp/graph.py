@@ -23,7 +23,6 @@ position.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,7 +35,6 @@ __all__ = ["Graph", "INPUTS"]
 
 #: A receiver's inputs: a head's q, k or v, or ``in`` for an MLP's input and the logits.
 INPUTS = ("q", "k", "v", "in")
-_EDGE = re.compile(r"\s*(\S+?)\s*->\s*(\S+?)(?:\.([qkv]))?\s*")
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,40 @@ class Graph:
         """Bool ``[sender, receiver]``: True where the pair is an edge (the sender wrote before the receiver reads)."""
         return self.sender_stage[:, None] <= self.receiver_stage[None, :]
 
+    def connected(self, kept: Tensor) -> Tensor:
+        """``kept`` (bool ``[sender, receiver]``) less every edge on no path from the embeddings to the logits.
+
+        The one rule of interp (and of EAP-IG's ``Graph.prune``): an edge whose sender nothing kept feeds,
+        or whose receiver feeds nothing kept, carries nothing from the input to the output.
+
+        >>> g = Graph(1, 1)
+        >>> kept = torch.zeros_like(g.valid)
+        >>> kept[g.parse_edge("L0H0->logits")] = True      # L0H0 is fed by nothing kept
+        >>> bool(g.connected(kept).any())
+        False
+        >>> kept[g.parse_edge("embed->L0H0.v")] = True
+        >>> int(g.connected(kept).sum())
+        2
+        """
+        kept = kept.clone()
+        node_of_receiver = [self.senders.index(r) if r in self.senders else None for r, _ in self.receivers]
+        while True:
+            fed = kept.any(0)  # per receiver
+            alive = torch.zeros(len(self.senders), dtype=torch.bool)
+            alive[0] = True
+            for ri, si in enumerate(node_of_receiver):
+                if si is not None and fed[ri]:
+                    alive[si] = True
+            useful = torch.zeros(len(self.receivers), dtype=torch.bool)
+            useful[-1] = True
+            for ri, si in enumerate(node_of_receiver):
+                if si is not None and kept[si].any():
+                    useful[ri] = True
+            new = kept & alive[:, None] & useful[None, :]
+            if torch.equal(new, kept):
+                return kept
+            kept = new
+
     # ------------------------------------------------------------------ names
     @staticmethod
     def edge_name(sender: str, receiver: str, input: str) -> str:
@@ -114,24 +146,50 @@ class Graph:
         return f"{sender}->{receiver}" + (f".{input}" if input != "in" else "")
 
     def parse_edge(self, text: str) -> tuple[int, int]:
-        """``(sender index, receiver index)`` of an edge written as :meth:`edge_name` writes it."""
-        m = _EDGE.fullmatch(text)
-        if not m:
+        """``(sender index, receiver index)`` of an edge written as :meth:`edge_name` writes it (nodes in
+        :func:`interp.select.node`'s grammar: ``L0H0``/``0.0``, ``MLP1``, ``embed``, ``logits``)."""
+        sender, arrow, receiver = text.partition("->")
+        where, dot, what = receiver.strip().rpartition(".")
+        if dot and what in ("q", "k", "v"):
+            receiver, x = where, what
+        else:
+            x = "in"
+        if not arrow or not sender.strip() or not receiver.strip():
             raise InterpError(f"cannot read edge {text!r}: write sender->receiver, e.g. 'L0H0->L1H0.k' or 'L1H0->logits'")
-        s, r, x = m.group(1), m.group(2), m.group(3) or "in"
         try:
+            s, r = self.node_name(sender), self.node_name(receiver)
             si, ri = self.senders.index(s), self.receivers.index((r, x))
-        except ValueError:
+        except (ValueError, InterpError):
             raise InterpError(f"edge {text!r} is not in this model's graph (senders embed, L0H0 …, MLP0 …; "
                               "receivers LlHh.q|k|v, MLPl, logits)") from None
         if not bool(self.valid[si, ri]):
             raise InterpError(f"edge {text!r} runs backwards: {s} writes after {r} reads")
         return si, ri
 
-    @staticmethod
-    def layer_head(name: str) -> tuple[int | None, int | None]:
+    def node_name(self, text: str) -> str:
+        """The canonical name (``L3H7``, ``MLP3``, ``embed``, ``logits``) of a node written in the heads grammar."""
+        from . import select
+
+        kind, layer, head = select.node(self, text)
+        return {"head": f"L{layer}H{head}", "mlp": f"MLP{layer}"}.get(kind, kind)
+
+    @property
+    def cfg(self) -> "Graph":
+        """The graph's shape, as :mod:`interp.select` reads a model's (``n_layers``, ``n_heads``)."""
+        return self
+
+    @cached_property
+    def _where(self) -> dict[str, tuple[int | None, int | None]]:
+        out = {"embed": (None, None), "logits": (None, None)}
+        for l in range(self.n_layers):
+            out.update({f"L{l}H{h}": (l, h) for h in range(self.n_heads)}, **{f"MLP{l}": (l, None)})
+        return out
+
+    def layer_head(self, name: str) -> tuple[int | None, int | None]:
         """``"L3H7"`` → (3, 7); ``"MLP3"`` → (3, None); ``embed``/``logits`` → (None, None)."""
-        if name.startswith("MLP"):
-            return int(name[3:]), None
-        m = re.fullmatch(r"L(\d+)H(\d+)", name)
-        return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        if name in self._where:
+            return self._where[name]
+        from . import select
+
+        _, layer, head = select.node(self, name)
+        return layer, head

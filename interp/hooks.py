@@ -16,6 +16,10 @@ from .errors import InterpError
 #: Per-layer hook points, short name -> full-name template, in forward-pass order.
 LAYER_HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{}.hook_resid_pre",
+    "q_input": "blocks.{}.hook_q_input",
+    "k_input": "blocks.{}.hook_k_input",
+    "v_input": "blocks.{}.hook_v_input",
+    "ln1_scale": "blocks.{}.ln1.hook_scale",
     "ln1": "blocks.{}.ln1.hook_normalized",
     "q": "blocks.{}.attn.hook_q",
     "k": "blocks.{}.attn.hook_k",
@@ -26,6 +30,8 @@ LAYER_HOOKS: dict[str, str] = {
     "result": "blocks.{}.attn.hook_result",
     "attn_out": "blocks.{}.hook_attn_out",
     "resid_mid": "blocks.{}.hook_resid_mid",
+    "mlp_in": "blocks.{}.hook_mlp_in",
+    "ln2_scale": "blocks.{}.ln2.hook_scale",
     "ln2": "blocks.{}.ln2.hook_normalized",
     "mlp_pre": "blocks.{}.mlp.hook_pre",
     "mlp_post": "blocks.{}.mlp.hook_post",
@@ -36,6 +42,7 @@ LAYER_HOOKS: dict[str, str] = {
 GLOBAL_HOOKS: dict[str, str] = {
     "embed": "hook_embed",
     "pos_embed": "hook_pos_embed",
+    "ln_final_scale": "ln_final.hook_scale",
     "ln_final": "ln_final.hook_normalized",
 }
 
@@ -68,7 +75,7 @@ def all_names(n_layers: int) -> list[str]:
     names = [GLOBAL_HOOKS["embed"], GLOBAL_HOOKS["pos_embed"]]
     for layer in range(n_layers):
         names += [t.format(layer) for t in LAYER_HOOKS.values()]
-    return names + [GLOBAL_HOOKS["ln_final"]]
+    return names + [GLOBAL_HOOKS["ln_final_scale"], GLOBAL_HOOKS["ln_final"]]
 
 
 def layer_of(hook_name: str) -> int:

@@ -20,6 +20,7 @@ to one number (a mean over prompts or over tokens).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -28,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import select
-from .errors import InterpError
+from .errors import InterpError, InterpWarning
 from .tokens import Batch
 
 __all__ = ["Metric", "Loss", "LogitDiff", "Prob", "Custom", "token_loss", "resolve_metric", "contrast", "pair_metric"]
@@ -343,16 +344,21 @@ def contrast(model, clean: Any, corrupted: Any, position: int = -1) -> Metric:
     ``LogitDiff(target, contrast)`` at ``position`` (each prompt's last real token by default), with
     ``target`` the clean run's top token and ``contrast`` the corrupted run's, per prompt. Where the
     two runs' top tokens are the same for some prompt a difference would say nothing: the metric
-    is then ``Prob(target)``, and its name says so.
+    is then ``Prob(target)``, its name says so, and an :class:`~interp.errors.InterpWarning` says why.
     """
     c, k = model.to_batch(clean), model.to_batch(corrupted)
     tops = []
     for batch in (c, k):
         at = select.positions(batch, position, what="position").cols[:, 0]
-        final = model.forward(batch.tokens, attention_mask=batch.attention_mask, unembed=False)
+        final = model.forward(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers)
         tops.append(model.unembed(final[torch.arange(len(batch)), at]).argmax(-1).tolist())
     target, other = tops
     one = (lambda ids: ids[0]) if len(set(target)) == 1 and len(set(other)) == 1 else (lambda ids: ids)
     if any(t == o for t, o in zip(target, other)):
+        same = [i for i, (t, o) in enumerate(zip(target, other)) if t == o]
+        warnings.warn(InterpWarning(
+            f"the clean and corrupted runs predict the same top token for prompt(s) {same[:5]}"
+            f"{'…' if len(same) > 5 else ''}, so the default metric is the probability of the clean run's top token, "
+            "not a logit difference; pass a metric (--target/--contrast) to choose"), stacklevel=3)
         return Prob(one(target), position).bind(model)
     return LogitDiff(one(target), one(other), position).bind(model)

@@ -119,6 +119,7 @@ class HookedGPT2:
         self._bridge = bridge
         self._hooks: dict[str, list] = {}
         self._derived: dict[str, Any] = {}
+        self._runs: list[tuple] = []  # (attention mask, first column) of the runs in progress, innermost last
         p = weights
         self.W_E: Float[Tensor, "d_vocab d_model"] = p["W_E"]
         self.W_pos: Float[Tensor, "n_ctx d_model"] = p["W_pos"]
@@ -265,6 +266,35 @@ class HookedGPT2:
         finally:
             self._hooks = attached
 
+    @contextlib.contextmanager
+    def running(self, attention_mask: Optional[Bool[Tensor, "batch pos"]], n_rows: int, n_pos: int,
+                first_col: int = 0) -> Iterator[None]:
+        """Declare a run in progress over ``n_rows × n_pos`` (the forward pass and the engine's partial runs
+        do): hooks that need to know where each prompt's tokens are ask :meth:`run_positions`.
+
+        ``attention_mask`` covers the whole padded width; a run of columns ``first_col …`` only (one that
+        reuses earlier columns' keys and values) says where it starts.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones(n_rows, first_col + n_pos, dtype=torch.bool, device=self.cfg.device)
+        self._runs.append((attention_mask, first_col))
+        try:
+            yield
+        finally:
+            self._runs.pop()
+
+    def run_positions(self) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+        """Inside a hook, for the run in progress: ``(positions, real, first)`` — each column's token position
+        within its prompt (BOS = 0), whether it holds a real token (not padding), and each row's first real
+        column of the whole padded width. Positions mean the same with left or right padding, so edits that
+        depend on a position (mean ablation, resampling, attention to given keys) read them here rather than
+        assume columns."""
+        if not self._runs:
+            raise InterpError("run_positions() is only defined inside a hook, while the model runs")
+        mask, first_col = self._runs[-1]
+        ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return ids[:, first_col:], mask[:, first_col:], mask.int().argmax(-1)
+
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """A quantity derived from the weights, computed once per model (weights are never changed in place)."""
         if key not in self._derived:
@@ -279,7 +309,9 @@ class HookedGPT2:
             raise InterpError(f"hook name {name!r} matches {len(names)} hook points; attach to one name at a time")
         return names[0]
 
-    def _merged(self, extra: Optional[HookList]) -> dict[str, list]:
+    def hook_table(self, extra: Optional[HookList] = None) -> dict[str, list]:
+        """The attached hooks plus ``extra`` ``(name, fn)`` pairs, by full name: what the blocks fire
+        (:meth:`attention_block`, :meth:`mlp_block` take it)."""
         if not extra:
             return self._hooks
         merged = {k: list(v) for k, v in self._hooks.items()}
@@ -306,39 +338,20 @@ class HookedGPT2:
         start_at_layer: int = 0,
         stop_at_layer: Optional[int] = None,
         hooks: Optional[HookList] = None,
-        start_at_mid: bool = False,
-        unembed: bool = True,
-        stop_after: Optional[str] = None,
     ) -> Tensor:
-        """Run blocks ``start_at_layer … stop_at_layer - 1``.
+        """Run blocks ``start_at_layer … stop_at_layer - 1`` (TransformerLens's arguments and meaning).
 
         ``inputs`` are token ids (or prompts, or a Batch), run from the embeddings, or the residual
-        stream entering ``start_at_layer`` (a float tensor; from layer 0 that skips the embeddings). Returns logits ``[batch, pos, d_vocab]`` when
-        the run reaches the end (and ``unembed`` is True), else the residual stream entering
-        ``stop_at_layer`` (the final residual stream if the run reaches the end). ``attention_mask`` (True = real token) handles padding on either side.
-        With ``start_at_mid=True`` the inputs are the residual stream at
-        ``blocks.{start_at_layer}.hook_resid_mid`` and the run starts at that block's MLP:
-        an edit to one layer's attention output then costs no recomputation of the attention.
-        With ``stop_after`` (a hook name) the run stops right after that hook point and returns
-        its activation (as the hooks there left it): nothing after it is computed.
+        stream entering ``start_at_layer`` (a float tensor; from layer 0 that skips the embeddings).
+        Returns the logits ``[batch, pos, d_vocab]`` when ``stop_at_layer`` is None, else the residual
+        stream entering block ``stop_at_layer`` (``n_layers``: the final stream, before the final
+        LayerNorm). ``attention_mask`` (True = real token) handles padding on either side.
+
+        Runs that start inside a block, stack variants of one run along the batch or reuse another
+        run's keys and values are :class:`interp.engine.Engine`'s, built from the same blocks:
+        :meth:`embed`, :meth:`attention_block`, :meth:`mlp_block`, :meth:`unembed`.
         """
-        h = self._merged(hooks)
-        if stop_after is None:
-            return self._run(inputs, attention_mask, start_at_layer, stop_at_layer, h, start_at_mid, unembed)
-        stop_after = self._resolve_one(stop_after)
-        if stop_at_layer is None:
-            stop_at_layer = min(self.cfg.n_layers, hk.layer_of(stop_after) + 1)
-        try:
-            self._run(inputs, attention_mask, start_at_layer, stop_at_layer,
-                      {**h, stop_after: [*h.get(stop_after, ()), _stop_here]}, start_at_mid, unembed)
-        except _Stopped as done:
-            return done.activation
-        raise InterpError(f"the run never reached {stop_after} (it stops before block {stop_at_layer})")
-
-    __call__ = forward
-
-    def _run(self, inputs, attention_mask, start_at_layer: int, stop_at_layer: Optional[int], h: dict,
-             start_at_mid: bool, unembed: bool) -> Tensor:
+        h = self.hook_table(hooks)
         cfg = self.cfg
         stop = cfg.n_layers if stop_at_layer is None else stop_at_layer
         if not 0 <= start_at_layer <= stop <= cfg.n_layers:
@@ -346,40 +359,96 @@ class HookedGPT2:
                 f"layers {start_at_layer}..{stop} out of range: model has {cfg.n_layers} layers; "
                 "need 0 <= start_at_layer <= stop_at_layer <= n_layers"
             )
-        if start_at_mid and start_at_layer == stop:
-            raise InterpError(f"start_at_mid resumes inside block {start_at_layer}: stop_at_layer must be after it")
-        if start_at_layer == 0 and not start_at_mid and not (isinstance(inputs, Tensor) and inputs.is_floating_point()):
-            if not isinstance(inputs, Tensor):  # prompts or a Batch
-                batch = self.to_batch(inputs)
-                inputs, attention_mask = batch.tokens, batch.attention_mask
-            batch = from_tokens(inputs, attention_mask, cfg.d_vocab, cfg.n_ctx)
-            positions = batch.position_ids if batch.padded else torch.arange(inputs.shape[-1], device=cfg.device)
-            resid = self._fire(h, "hook_embed", self.W_E[batch.tokens]) + self._fire(
-                h, "hook_pos_embed", self.W_pos[positions].expand(len(batch), -1, -1)
-            )
+        if start_at_layer == 0 and not (isinstance(inputs, Tensor) and inputs.is_floating_point()):
+            resid, batch = self.embed(inputs, attention_mask, h)
             attention_mask = batch.attention_mask
         else:
             resid = inputs
-        mask = _attention_mask(attention_mask, resid.shape[1])
-        for layer in range(start_at_layer, stop):
-            if not (start_at_mid and layer == start_at_layer):
-                resid = self._attention(layer, resid, mask, h)
-            resid = self._mlp(layer, resid, h)
-        return self.unembed(resid, h) if stop == cfg.n_layers and unembed else resid
+        mask = self.attention_mask(attention_mask, resid.shape[1])
+        with self.running(attention_mask, *resid.shape[:2]):
+            for layer in range(start_at_layer, stop):
+                resid = self.mlp_block(layer, self.attention_block(layer, resid, mask, h), h)
+            return self.unembed(resid, h) if stop_at_layer is None else resid
 
-    def _attention(self, layer: int, resid: Tensor, mask: Optional[Tensor], h: dict) -> Tensor:
-        """A block's first half, resid_pre -> resid_mid. Expensive hook points are computed only when hooked."""
-        cfg, name = self.cfg, (lambda short: hk.LAYER_HOOKS[short].format(layer))
+    __call__ = forward
+
+    # ------------------------------------------------------------------ the blocks (the engine's primitives)
+    def embed(self, inputs: Inputs, attention_mask: Optional[Tensor] = None,
+              hooks: Optional[dict] = None) -> tuple[Float[Tensor, "batch pos d_model"], Batch]:
+        """Token and position embeddings of ``inputs`` (fires ``hook_embed``, ``hook_pos_embed``), and the checked batch.
+
+        Position ids count each prompt's real tokens, so a prompt gets the same embeddings
+        whatever side its padding is on.
+        """
+        h = hooks or {}
+        if isinstance(inputs, Tensor):
+            batch = from_tokens(inputs, attention_mask, self.cfg.d_vocab, self.cfg.n_ctx)
+        else:  # prompts or a Batch
+            batch = self.to_batch(inputs)
+        positions = batch.position_ids if batch.padded else torch.arange(batch.tokens.shape[-1], device=self.cfg.device)
+        resid = self._fire(h, "hook_embed", self.W_E[batch.tokens]) + self._fire(
+            h, "hook_pos_embed", self.W_pos[positions].expand(len(batch), -1, -1)
+        )
+        return resid, batch
+
+    @staticmethod
+    def attention_mask(attention_mask: Optional[Bool[Tensor, "batch key_pos"]], n_query: int,
+                       n_key: Optional[int] = None) -> Optional[Bool[Tensor, "_ 1 query_pos key_pos"]]:
+        """Who may attend to whom: boolean ``[batch, 1, query, key]`` (True = may attend), or None for
+        plain causal attention over an unpadded batch.
+
+        The queries are the last ``n_query`` of ``n_key`` positions (a run that reuses the keys and
+        values of earlier positions). A query always may attend to itself: a padding query then never
+        sees an empty row (which would make softmax NaN), and real queries never see padding keys.
+        """
+        n_key = n_query if n_key is None else n_key
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded and n_query == n_key:
+            return None
+        device = attention_mask.device if attention_mask is not None else None
+        offset = n_key - n_query
+        causal = torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(offset)
+        if not padded:
+            return causal[None, None]
+        own = torch.zeros(n_query, n_key, dtype=torch.bool, device=device)
+        own[torch.arange(n_query), torch.arange(n_query) + offset] = True
+        return causal & (attention_mask[:, None, None, -n_key:] | own)
+
+    def attention_block(
+        self, layer: int, resid: Float[Tensor, "batch pos d_model"], mask: Optional[Tensor] = None,
+        hooks: Optional[dict] = None, *, past: Optional[tuple[Tensor, Tensor]] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """A block's first half, ``resid_pre -> resid_mid``. Costly hook points are computed only when hooked.
+
+        ``mask`` is :meth:`attention_mask`'s. ``past``: the keys and values ``[batch, p, n_heads, d_head]``
+        of the ``p`` positions before ``resid``'s (``resid`` then holds positions ``p …`` only, and
+        ``mask`` covers ``p + pos`` keys): causal attention makes a position depend only on the
+        positions up to it, so a run that differs from another only from position ``p`` on can reuse
+        that run's keys and values before ``p``.
+        """
+        cfg, h = self.cfg, hooks or {}
+        name = lambda short: hk.LAYER_HOOKS[short].format(layer)  # noqa: E731
         B, P = resid.shape[:2]
         resid = self._fire(h, name("resid_pre"), resid)
-        x = self._fire(h, name("ln1"), _layer_norm(resid, self.ln1_w[layer], self.ln1_b[layer], cfg.eps))
-        qkv = torch.addmm(self._b_qkv[layer], x.reshape(B * P, -1), self._W_qkv[layer]).view(B, P, 3, cfg.n_heads, -1)
-        q = self._fire(h, name("q"), qkv[:, :, 0])
-        k = self._fire(h, name("k"), qkv[:, :, 1])
-        v = self._fire(h, name("v"), qkv[:, :, 2])
+        split = [i for i, w in enumerate("qkv") if name(f"{w}_input") in h]
+        if len(split) < 3:
+            x = self._norm("ln1", layer, resid, h)
+            qkv = torch.addmm(self._b_qkv[layer], x.reshape(B * P, -1), self._W_qkv[layer]).view(B, P, 3, cfg.n_heads, -1)
+            parts = list(qkv.unbind(2))
+        else:
+            parts = [None, None, None]
+        for i in split:  # each head reads its own copy of the stream (TransformerLens's split q/k/v input)
+            what = "qkv"[i]
+            copies = self._fire(h, name(f"{what}_input"), resid[:, :, None].expand(B, P, cfg.n_heads, -1).clone())
+            parts[i] = self.project(layer, what, copies, hooks=h)
+        q, k, v = (self._fire(h, name(w), t) for w, t in zip("qkv", parts))
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         if name("attn_scores") in h or name("pattern") in h:
             scores = torch.einsum("bqhd,bkhd->bhqk", q / math.sqrt(cfg.d_head), k)
-            scores.masked_fill_(~_causal(mask, P, scores.device), torch.finfo(scores.dtype).min)
+            allowed = mask if mask is not None else torch.ones(P, k.shape[1], dtype=torch.bool,
+                                                               device=scores.device).tril(k.shape[1] - P)
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
             scores = self._fire(h, name("attn_scores"), scores)
             pattern = self._fire(h, name("pattern"), scores.softmax(-1))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
@@ -389,31 +458,93 @@ class HookedGPT2:
             ).transpose(1, 2)
         z = self._fire(h, name("z"), z)
         if name("result") in h:
-            result = self._fire(h, name("result"), torch.einsum("bqhd,hdm->bqhm", z, self.W_O[layer]))
-            attn_out = result.sum(2) + self.b_O[layer]
+            attn_out = self._fire(h, name("result"), self.head_write(layer, z)).sum(2) + self.b_O[layer]
         else:
             attn_out = (z.reshape(B * P, -1) @ self._W_O_flat[layer]).view(B, P, -1) + self.b_O[layer]
         return resid + self._fire(h, name("attn_out"), attn_out)
 
-    def _mlp(self, layer: int, resid: Tensor, h: dict) -> Tensor:
-        """A block's second half, resid_mid -> resid_post (where a run resumed with start_at_mid begins)."""
+    def mlp_block(self, layer: int, resid: Float[Tensor, "batch pos d_model"],
+                  hooks: Optional[dict] = None) -> Float[Tensor, "batch pos d_model"]:
+        """A block's second half, ``resid_mid -> resid_post``."""
+        h = hooks or {}
         resid = self._fire(h, hk.name("resid_mid", layer), resid)
-        return self._fire(h, hk.name("resid_post", layer), resid + self.mlp(layer, resid, h))
+        mlp_in = hk.name("mlp_in", layer)
+        x = self._fire(h, mlp_in, resid.clone()) if mlp_in in h else resid  # the MLP's own copy of the stream
+        return self._fire(h, hk.name("resid_post", layer), resid + self.mlp(layer, x, h))
 
     def mlp(self, layer: int, resid: Float[Tensor, "... d_model"], hooks: Optional[dict] = None) -> Float[Tensor, "... d_model"]:
         """MLP ``layer``'s output for a residual stream at ``hook_resid_mid`` (its ln2 included)."""
-        cfg, h, name = self.cfg, hooks or {}, (lambda short: hk.LAYER_HOOKS[short].format(layer))
-        x = self._fire(h, name("ln2"), _layer_norm(resid, self.ln2_w[layer], self.ln2_b[layer], cfg.eps))
+        h, name = hooks or {}, (lambda short: hk.LAYER_HOOKS[short].format(layer))
+        x = self._norm("ln2", layer, resid, h)
         pre = self._fire(h, name("mlp_pre"), x @ self.W_in[layer] + self.b_in[layer])
         post = self._fire(h, name("mlp_post"), self._act(pre))
         return self._fire(h, name("mlp_out"), post @ self.W_out[layer] + self.b_out[layer])
 
     def unembed(self, resid: Float[Tensor, "... d_model"], hooks: Optional[dict] = None) -> Float[Tensor, "... d_vocab"]:
         """Final LayerNorm then unembedding, on any residual-stream tensor (e.g. a few positions)."""
-        x = _layer_norm(resid, self.lnf_w, self.lnf_b, self.cfg.eps)
-        if hooks:
-            x = self._fire(hooks, hk.GLOBAL_HOOKS["ln_final"], x)
-        return x @ self.W_U + self.b_U
+        return self._norm("ln_final", None, resid, hooks or {}) @ self.W_U + self.b_U
+
+    # ------------------------------------------------------------------ GPT-2's arithmetic, once
+    def ln_weights(self, which: str, layer: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """The gain and bias of LayerNorm ``which`` (``"ln1"``, ``"ln2"`` of ``layer``, or ``"ln_final"``)
+        as this model applies them (ones and zeros once folded into the next weights)."""
+        if which not in ("ln1", "ln2", "ln_final"):
+            raise InterpError(f"unknown LayerNorm {which!r}: use 'ln1', 'ln2' or 'ln_final'")
+        if which != "ln_final":
+            self.check_layer(layer)
+        return self._ln_params(which, layer)
+
+    def _ln_params(self, which: str, layer: Optional[int]) -> tuple[Tensor, Tensor]:
+        if which == "ln_final":
+            return self.lnf_w, self.lnf_b
+        return (self.ln1_w[layer], self.ln1_b[layer]) if which == "ln1" else (self.ln2_w[layer], self.ln2_b[layer])
+
+    def _norm(self, which: str, layer: Optional[int], x: Tensor, h: dict) -> Tensor:
+        """LayerNorm ``which``, firing its ``hook_scale`` (only computed apart when hooked) and ``hook_normalized``."""
+        w, b = self._ln_params(which, layer)
+        scale_name = hk.name(f"{which}_scale", layer)
+        if scale_name in h:  # TransformerLens's LayerNorm: centre, divide by the (hookable) scale, gain, bias
+            centred = x - x.mean(-1, keepdim=True)
+            scale = self._fire(h, scale_name, (centred.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt())
+            y = centred / scale * w + b
+        else:
+            y = F.layer_norm(x, x.shape[-1:], w, b, self.cfg.eps)
+        return self._fire(h, hk.name(which, layer), y) if h else y
+
+    def project(self, layer: int, which: str, stream: Float[Tensor, "... n d_model"], heads: Optional[Sequence[int]] = None,
+                hooks: Optional[dict] = None) -> Float[Tensor, "... n d_head"]:
+        """What heads of ``layer`` compute as their queries, keys or values (``which``) from their own copies
+        of the residual stream before ``ln1``: ``stream[..., i, :]`` is head ``heads[i]``'s (every head by default).
+
+        The one definition of a head's q/k/v from its input: the split q/k/v-input hook points
+        (``blocks.L.hook_q_input``…) run through it, and so does every intervention that gives one
+        head a different input (path patching, edge patching, the circuit run).
+        """
+        W = {"q": self.W_Q, "k": self.W_K, "v": self.W_V}[which][layer]
+        b = {"q": self.b_Q, "k": self.b_K, "v": self.b_V}[which][layer]
+        if heads is not None:
+            idx = torch.as_tensor(list(heads), dtype=torch.long, device=W.device)
+            W, b = W[idx], b[idx]
+        h = {k: fns for k, fns in (hooks or {}).items() if k == hk.name("ln1_scale", layer)}
+        x = self._norm("ln1", layer, stream, h) if h else F.layer_norm(
+            stream, stream.shape[-1:], self.ln1_w[layer], self.ln1_b[layer], self.cfg.eps)
+        return torch.einsum("...nm,nmd->...nd", x, W) + b
+
+    def head_write(self, layer: int, z: Float[Tensor, "... n d_head"], heads: Optional[Sequence[int]] = None, *,
+                   sum_heads: bool = False) -> Tensor:
+        """What heads of ``layer`` write into the residual stream: ``z[..., i, :] @ W_O[layer, heads[i]]``.
+
+        The one definition of a head's output (its ``z``, value bias included, times its rows of
+        ``W_O``; ``b_O`` is no head's — see the class docs). ``heads``: which heads ``z``'s
+        head dimension holds (default every head). Returns ``[..., n, d_model]``, or with
+        ``sum_heads`` their sum ``[..., d_model]`` in one matrix product.
+        """
+        W = self.W_O[layer]
+        if heads is not None:
+            W = W[torch.as_tensor(list(heads), dtype=torch.long, device=W.device)]
+        if sum_heads:
+            return z.reshape(*z.shape[:-2], -1) @ W.reshape(-1, self.cfg.d_model)
+        return torch.einsum("...nd,ndm->...nm", z, W)
 
     # ------------------------------------------------------------------ run
     def run(
@@ -448,23 +579,25 @@ class HookedGPT2:
         """
         batch = self.to_batch(inputs, prepend_bos=prepend_bos, padding_side=padding_side)
         wanted = hk.resolve(names, self.cfg.n_layers)
-        if not logits and stop_at_layer is None:
-            stop_at_layer = min(self.cfg.n_layers, max([hk.layer_of(n) + 1 for n in wanted], default=0))
-        if stop_at_layer is not None and not 0 <= stop_at_layer <= self.cfg.n_layers:
-            raise InterpError(f"stop_at_layer {stop_at_layer} out of range: model has {self.cfg.n_layers} layers")
+        n_layers = self.cfg.n_layers
+        final_ln = any(hk.layer_of(n) > n_layers for n in wanted)  # the final LayerNorm's hook points
+        if not logits and stop_at_layer is None and not final_ln:
+            stop_at_layer = min(n_layers, max([hk.layer_of(n) + 1 for n in wanted], default=0))
+        if stop_at_layer is not None and not 0 <= stop_at_layer <= n_layers:
+            raise InterpError(f"stop_at_layer {stop_at_layer} out of range: model has {n_layers} layers")
         store: dict[str, Tensor] = {}
 
         def keep(x: Tensor, name: str) -> None:
             store[name] = x.detach()
 
         # Unembedding every position is a third of GPT-2 small's forward: skip it unless needed.
-        unembed = logits or hk.GLOBAL_HOOKS["ln_final"] in wanted
+        to_end = stop_at_layer is None or stop_at_layer == n_layers
         out = self.forward(
-            batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer,
-            hooks=[*(hooks or ()), *((n, keep) for n in wanted)], unembed=unembed,
+            batch.tokens, attention_mask=batch.attention_mask,
+            stop_at_layer=None if to_end and (logits or final_ln) else stop_at_layer,
+            hooks=[*(hooks or ()), *((n, keep) for n in wanted)],
         )
-        done = stop_at_layer is None or stop_at_layer == self.cfg.n_layers
-        return (out if done and logits else None), Cache({n: store[n] for n in wanted if n in store}, batch)
+        return (out if to_end and logits else None), Cache({n: store[n] for n in wanted if n in store}, batch)
 
     def decompose_resid(self, inputs: Inputs, layer: int, where: str = "pre"):
         """The residual stream at ``blocks.{layer}.hook_resid_{where}`` as a sum of its writers.
@@ -508,22 +641,6 @@ class HookedGPT2:
         return FactoredMatrix(self.W_E @ self.W_V[layer, head], self.W_O[layer, head] @ self.W_U)
 
 
-class _Stopped(Exception):
-    """How ``forward(stop_after=...)`` leaves the pass (private to the model: callers get a return value)."""
-
-    def __init__(self, activation: Tensor):
-        super().__init__()
-        self.activation = activation
-
-
-def _stop_here(x: Tensor, name: str) -> None:
-    raise _Stopped(x)
-
-
-def _layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], w, b, eps)
-
-
 def _activation(name: str):
     # torch's fused GELUs equal Hugging Face's to ~1e-7 and run ~4x faster on CPU than
     # transformers' own gelu_new, which is written out in Python ops.
@@ -540,22 +657,3 @@ def _activation(name: str):
     if name not in ACT2FN:
         raise InterpError(f"unsupported activation function {name!r}")
     return ACT2FN[name]
-
-
-def _attention_mask(attention_mask: Optional[Tensor], n: int) -> Optional[Tensor]:
-    """Boolean ``[batch, 1, q, k]`` mask (True = may attend), or None when nothing is padded.
-
-    A query always may attend to itself: a padding query then never sees an empty
-    row (which would make softmax NaN), and real queries never see padding keys.
-    """
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    causal = torch.ones(n, n, dtype=torch.bool, device=attention_mask.device).tril()
-    eye = torch.eye(n, dtype=torch.bool, device=attention_mask.device)
-    return (causal & (attention_mask[:, None, None, :] | eye))
-
-
-def _causal(mask: Optional[Tensor], n: int, device) -> Tensor:
-    if mask is not None:
-        return mask
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()

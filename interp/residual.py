@@ -64,7 +64,7 @@ def decompose_resid(model, inputs, layer: int, where: str = "pre") -> ResidDecom
     batch_shape = cache["hook_embed"].shape
     labels, parts = ["embed", "pos_embed"], [cache["hook_embed"], cache["hook_pos_embed"].expand(batch_shape)]
     for i in range(upto):
-        heads = torch.einsum("bphd,hdm->hbpm", cache["z", i], model.W_O[i])
+        heads = model.head_write(i, cache["z", i]).permute(2, 0, 1, 3)
         labels += [f"L{i}H{h}" for h in range(model.cfg.n_heads)] + [f"L{i} attn bias"]
         parts += [*heads, model.b_O[i].expand(batch_shape)]
         if i < mlps:

@@ -9,10 +9,9 @@ Ablating a head of layer L changes nothing before layer L, and for the ``zero``,
 ``mean`` and ``resample`` methods layer L's attention output changes by a known
 term: ``resid_mid' = resid_mid − z_h W_O[h] + z'_h W_O[h]``. So :func:`scan` runs the
 clean model once, keeping each needed layer's ``resid_mid`` and the change in each
-head's ``z``; each ablated variant then starts at layer L's MLP
-(``model.forward(..., start_at_mid=True)``), variants are stacked along the batch
-(in chunks that bound memory), and only the positions the metric reads are
-unembedded. The result equals the obvious loop (one full ablated forward per
+head's ``z``; each ablated variant then resumes at layer L's MLP with that change written
+in (:class:`interp.engine.Engine` stacks the variants along the batch in chunks that bound
+memory), and only the positions the metric reads are unembedded. The result equals the obvious loop (one full ablated forward per
 head) to float rounding; ``fast=False`` runs that loop.
 """
 
@@ -21,12 +20,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from . import hooks as hk
 from . import select
 from .ablation import Head, Ablator
+from .engine import Engine, Stacked, Start, check_model
 from .errors import InterpError
 from .metrics import Metric, resolve_metric
 from .model import HookedGPT2
@@ -42,11 +41,6 @@ def variant_label(model: HookedGPT2, heads: list[Head]) -> str:
         mine = [h for l, h in heads if l == layer]
         parts += [f"L{layer}"] if len(mine) == model.cfg.n_heads else [f"L{layer}H{h}" for h in mine]
     return "+".join(parts) or "none"
-
-
-def _final_resid(model: HookedGPT2, inputs: Tensor, hooks: list, **kwargs) -> Float[Tensor, "batch pos d_model"]:
-    """The residual stream after the last block: the metric then unembeds only the positions it reads."""
-    return model.forward(inputs, hooks=hooks, unembed=False, **kwargs)
 
 
 def _variants(model: HookedGPT2, heads: Any, by: Any, variants: Any, together: bool) -> list[tuple[str, list[Head]]]:
@@ -137,18 +131,18 @@ def scan(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    check_model(model)
     runs = _variants(model, heads, by, variants, together)
     batch = model.to_batch(inputs)
     metric = resolve_metric(model, metric)
     layers = sorted({l for _, hs in runs for l, _ in hs})
     ablator = Ablator(model, method, layers, reference=reference, keys=keys, renormalize=renormalize, seed=seed)
-    ablator.check_run(len(batch), batch.tokens.shape[1])
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise InterpError(f"chunk_tokens must be a positive int, not {chunk_tokens!r}")
+    ablator.check_run(len(batch))
+    engine = Engine(model, chunk_tokens)
     bar = tqdm(total=len(runs), desc=f"ablate ({method})", unit="variant", disable=None if progress is None else not progress)
     with torch.no_grad(), bar:
         if fast and not model.has_hooks:
-            clean, values = _scan_fast(model, batch, metric, ablator, [hs for _, hs in runs], chunk_tokens, bar)
+            clean, values = _scan_fast(engine, batch, metric, ablator, [hs for _, hs in runs], bar)
         else:
             clean, values = _scan_naive(model, batch, metric, ablator, [hs for _, hs in runs], bar)
     rows = []
@@ -175,19 +169,15 @@ def _scan_naive(model, batch: Batch, metric: Metric, ablator: Ablator, runs: lis
     return clean, values
 
 
-def _scan_fast(model, batch: Batch, metric: Metric, ablator: Ablator, runs: list, chunk_tokens: int,
-               bar) -> tuple[float, list[float]]:
+def _scan_fast(engine: Engine, batch: Batch, metric: Metric, ablator: Ablator, runs: list, bar) -> tuple[float, list[float]]:
     """Clean run once; each variant resumes at its first ablated layer's MLP; stacked; few positions unembedded."""
-    cfg, B, P = model.cfg, len(batch), batch.tokens.shape[1]
+    model, cfg = engine.model, engine.cfg
+    B = len(batch)
     starts = sorted({hs[0][0] for hs in runs if hs})
     everyone = torch.ones(1, cfg.n_heads, dtype=torch.bool, device=cfg.device)
-    mid: dict[int, Tensor] = {}
     dz: dict[int, Tensor] = {}  # per start layer: (ablated z − clean z) of every head, had it been ablated
     pattern_z: dict[int, Tensor] = {}
     v_stash: dict[int, Tensor] = {}
-
-    def keep_mid(x: Tensor, name: str) -> None:
-        mid[hk.layer_of(name)] = x
 
     def keep_dz(z: Tensor, name: str) -> None:
         layer = hk.layer_of(name)
@@ -207,34 +197,21 @@ def _scan_fast(model, batch: Batch, metric: Metric, ablator: Ablator, runs: list
     for layer in starts:
         if ablator.point == "pattern":
             record += [(hk.name("v", layer), keep_v), (hk.name("pattern", layer), ablated_pattern_z)]
-        record += [(hk.name("z", layer), keep_dz), (hk.name("resid_mid", layer), keep_mid)]
-    final = _final_resid(model, batch.tokens, record, attention_mask=batch.attention_mask)
-    clean = float(metric.from_resid(model, final, batch))
-    del final
+        record.append((hk.name("z", layer), keep_dz))
+    base = engine.record(batch, [n for l in starts for n in Start(l, mid=True).names(cfg.n_layers)], record)
+    clean = float(metric.from_resid(model, base.final, batch))
 
-    values: dict[int, float] = {i: clean for i, hs in enumerate(runs) if not hs}
-    per_chunk = max(1, chunk_tokens // (B * P))
-    for start in starts:
-        todo = [i for i, hs in enumerate(runs) if hs and hs[0][0] == start]
-        for c in range(0, len(todo), per_chunk):
-            chunk = todo[c : c + per_chunk]
-            resid = torch.cat([mid[start] + _head_delta(model, start, runs[i], dz[start]) for i in chunk])
-            out = _final_resid(
-                model, resid, _later_hooks(model, ablator, [runs[i] for i in chunk], start, B),
-                attention_mask=batch.attention_mask.repeat(len(chunk), 1), start_at_layer=start, start_at_mid=True,
-            )
-            values.update(zip(chunk, metric.from_stacked_resid(model, out, batch)))
-            bar.update(len(chunk))
-        del mid[start], dz[start]
+    def build(chunk: list[list[Head]], start: Start) -> Stacked:
+        # How ablating each variant's heads of its first layer changes resid_mid: Σ_h (z'_h − z_h) W_O[h].
+        delta = torch.stack([model.head_write(start.layer, dz[start.layer][:, :, hs], hs, sum_heads=True)
+                             for hs in ([h for l, h in heads if l == start.layer] for heads in chunk)])
+        return Stacked(delta, _later_hooks(model, ablator, chunk, start.layer, B))
+
+    todo = [i for i, hs in enumerate(runs) if hs]
+    got = engine.sweep(base, [runs[i] for i in todo], lambda hs: Start(hs[0][0], mid=True), build, metric, bar)
+    values = {i: clean for i, hs in enumerate(runs) if not hs} | dict(zip(todo, got))
     bar.update(sum(1 for hs in runs if not hs))
     return clean, [values[i] for i in range(len(runs))]
-
-
-def _head_delta(model: HookedGPT2, layer: int, heads: list[Head], dz: Tensor) -> Float[Tensor, "batch pos d_model"]:
-    """How ablating ``heads``' of ``layer`` changes resid_mid: Σ_h (z'_h − z_h) W_O[layer, h]."""
-    hs = [h for l, h in heads if l == layer]
-    B, P = dz.shape[:2]
-    return dz[:, :, hs].reshape(B, P, -1) @ model.W_O[layer, hs].reshape(-1, model.cfg.d_model)
 
 
 def _later_hooks(model: HookedGPT2, ablator: Ablator, runs: list, start: int, group: int) -> list:

@@ -34,7 +34,7 @@ from torch import Tensor
 from .errors import InterpError
 from .tokens import Batch
 
-__all__ = ["Head", "heads", "head_groups", "layers", "head_label", "positions", "Positions", "parse_positions", "token_id",
+__all__ = ["Head", "heads", "head_groups", "layers", "head_label", "receivers", "node", "RECEIVER_INPUTS", "positions", "Positions", "parse_positions", "token_id",
            "token_ids", "cli_token", "counts"]
 
 Head = tuple[int, int]
@@ -177,6 +177,69 @@ def layers(model: Any, spec: Any) -> list[int]:
         twice = next(x for x in out if out.count(x) > 1)
         raise InterpError(f"layer {twice} given twice")
     return sorted(out)
+
+
+# ---------------------------------------------------------------------------- receivers and graph nodes
+#: A receiver head's inputs that a path can end in.
+RECEIVER_INPUTS = ("q", "k", "v")
+
+
+def receivers(model: Any, spec: Any) -> Any:
+    """``"logits"``, or checked ``(layer, head, input)`` triples: a head (in the heads grammar) and its input.
+
+    Written ``"1.0.k,1.2.q"``, ``"L1H0.k"``, ``"1.*.v"`` (every head of layer 1, values), or as
+    ``[(1, 0, "k")]``. A receiver given twice is an error.
+
+    >>> from interp.testing import planted_model
+    >>> receivers(planted_model(), "1.0.k, L1H1.q")
+    [(1, 0, 'k'), (1, 1, 'q')]
+    >>> len(receivers(planted_model(), "1.*.v"))
+    4
+    """
+    if isinstance(spec, str) and spec.strip() == "logits":
+        return "logits"
+    if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], str):
+        spec = [spec]
+    items = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    out: list[tuple[int, int, str]] = []
+    for item in items:
+        if isinstance(item, str):
+            where, _, what = item.strip().rpartition(".")
+            what = what.lower()
+            if what not in RECEIVER_INPUTS or not where:
+                raise InterpError(f"cannot read receiver {item.strip()!r}: write layer.head.input, e.g. '1.0.k' "
+                                  "or '1.*.k' (input q, k or v), or 'logits'")
+            found = [(l, h, what) for l, h in heads(model, where, sort=False)]
+        elif isinstance(item, (tuple, list)) and len(item) == 3 and item[2] in RECEIVER_INPUTS:
+            found = [(*heads(model, [tuple(item[:2])])[0], item[2])]
+        else:
+            raise InterpError(f"a receiver is (layer, head, 'q'|'k'|'v') or 'layer.head.input', not {item!r}")
+        for r in found:
+            if r in out:
+                raise InterpError(f"receiver {r[0]}.{r[1]}.{r[2]} given twice")
+            out.append(r)
+    if not out:
+        raise InterpError("no receivers given: e.g. receivers='1.0.k' or 'logits'")
+    return out
+
+
+def node(model: Any, text: str) -> tuple[str, Optional[int], Optional[int]]:
+    """A node of the circuit graph by name: ``("embed"|"logits", None, None)``, ``("mlp", layer, None)`` for
+    ``"MLP3"`` or ``("head", layer, head)`` for a head in the heads grammar (``"L3H7"``, ``"3.7"``).
+
+    >>> from interp.testing import planted_model
+    >>> node(planted_model(), "L1H2"), node(planted_model(), "MLP0"), node(planted_model(), "embed")
+    (('head', 1, 2), ('mlp', 0, None), ('embed', None, None))
+    """
+    name = text.strip()
+    if name in ("embed", "logits"):
+        return name, None, None
+    if name.upper().startswith("MLP") and name[3:].isdigit():
+        return "mlp", _check_layer(int(name[3:]), _shape(model)[0]), None
+    found = heads(model, name)
+    if len(found) != 1:
+        raise InterpError(f"node {name!r} names {len(found)} heads: a node is one head, an MLP, embed or logits")
+    return "head", *found[0]
 
 
 # ---------------------------------------------------------------------------- positions

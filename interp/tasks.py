@@ -108,7 +108,7 @@ class Task:
 
 
 def _check_pairs(model, name: str, clean: list, corrupted: list) -> None:
-    from .patching import paired_batches
+    from .engine import paired_batches
 
     try:
         paired_batches(model, clean, corrupted)

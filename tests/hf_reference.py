@@ -236,14 +236,18 @@ def direct_logit_attribution(hf, tokens, mask, target: int, contrast: int, posit
 
 
 # ---------------------------------------------------------------------------- path patching
-def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: str = "recomputed") -> torch.Tensor:
-    """Wang et al.'s path patching on Hugging Face GPT-2, written out with its own modules.
+def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: str = "recomputed",
+                        cascade: bool = False) -> torch.Tensor:
+    """Wang et al.'s path patching on Hugging Face GPT-2, written out with its own modules, in three steps.
 
-    The senders' clean-minus-corrupted writes ``z_h · W_O[h]`` (c_proj's rows of the head) are added
-    to the residual stream; the MLPs between them and a receiver are rerun on the changed stream
-    (``mlps="recomputed"``) or keep their corrupted outputs (``"frozen"``); every other head keeps
-    its corrupted output. Each receiver ``(layer, head, "q"|"k"|"v")`` reads ``c_attn(ln_1(x + Δ))``
-    for its slice, ``x`` the live residual stream entering its layer; ``"logits"`` adds Δ before ln_f.
+    Step 1: the senders' clean-minus-corrupted writes ``z_h · W_O[h]`` (c_proj's rows of the head).
+    Step 2: added to the corrupted residual stream, every other head frozen at its corrupted output,
+    the MLPs between them and a receiver rerun on the changed stream (``mlps="recomputed"``) or keeping
+    their corrupted outputs (``"frozen"``): the stream ``x + Δ`` each receiver layer would see, ``x`` the
+    corrupted run's stream entering it. Step 3: the corrupted run again, each receiver
+    ``(layer, head, "q"|"k"|"v")`` reading ``c_attn(ln_1(x + Δ))`` for its slice; ``"logits"`` adds Δ
+    before ln_f. With ``cascade`` the receivers read the live stream of step 3 plus Δ instead of ``x + Δ``
+    (later receivers then see earlier receivers' changes).
     """
     H, D = _heads(hf)
     d = hf.config.n_embd
@@ -254,8 +258,9 @@ def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: st
     for l, h in senders:
         W = tr.h[l].attn.c_proj.weight.view(H, D, d)[h]
         writes[l] = writes.get(l, 0) + (zc[l][:, :, h] - zk[l][:, :, h]) @ W
-    mids, outs, handles = {}, {}, []
+    mids, outs, pres, handles = {}, {}, {}, []
     for i, blk in enumerate(tr.h):
+        handles.append(blk.ln_1.register_forward_pre_hook(lambda m, a, i=i: pres.__setitem__(i, a[0])))
         handles.append(blk.ln_2.register_forward_pre_hook(lambda m, a, i=i: mids.__setitem__(i, a[0])))
         handles.append(blk.mlp.register_forward_hook(lambda m, a, out, i=i: outs.__setitem__(i, out)))
     try:
@@ -284,7 +289,7 @@ def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: st
 
             def edit(module, args, out, l=l, blk=blk):
                 c_attn = blk.attn.c_attn  # Conv1D: x @ W + b (called by hand: this hook is on it)
-                new = blk.ln_1(live[l] + at[l]) @ c_attn.weight + c_attn.bias
+                new = blk.ln_1((live[l] if cascade else pres[l]) + at[l]) @ c_attn.weight + c_attn.bias
                 out = out.clone()
                 for ll, h, x in receivers:
                     if ll == l:
@@ -296,6 +301,35 @@ def path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps: st
     try:
         with torch.no_grad():
             return hf(input_ids=corrupted, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------- one head's own input
+def input_edited_logits(hf, tokens, mask, layer: int, head: int, what: str, push: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's logits with ``push`` added to head ``(layer, head)``'s own copy of the stream before
+    ``ln_1``, for its queries, keys or values (``what``) only: that head's slice of ``c_attn``'s output is
+    recomputed by hand as ``c_attn(ln_1(x + push))``, every other slice left as it is."""
+    H, D = _heads(hf)
+    d = hf.config.n_embd
+    blk = hf.transformer.h[layer]
+    live = {}
+
+    def keep(module, args):
+        live["x"] = args[0]
+
+    def edit(module, args, out):
+        new = blk.ln_1(live["x"] + push) @ blk.attn.c_attn.weight + blk.attn.c_attn.bias
+        s = {"q": 0, "k": d, "v": 2 * d}[what] + head * D
+        out = out.clone()
+        out[..., s : s + D] = new[..., s : s + D]
+        return out
+
+    handles = [blk.ln_1.register_forward_pre_hook(keep), blk.attn.c_attn.register_forward_hook(edit)]
+    try:
+        with torch.no_grad():
+            return hf(input_ids=tokens, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
     finally:
         for h in handles:
             h.remove()

@@ -82,23 +82,6 @@ def test_head_ablation_changes_exactly_that_heads_output(exact, texts):
     assert clean["result", 1][:, :, 2].abs().max() > 0.1
 
 
-def test_forward_resumes_from_the_middle_of_a_block(exact, texts):
-    """model.forward(start_at_mid=True): the input is blocks.L.hook_resid_mid; the run starts at L's MLP."""
-    batch = exact.tokenize(texts)
-    full, cache = exact.run(batch, names=["resid_mid.1", "resid_pre.2"])
-    fired = []
-    spy = [(n, lambda x, name: fired.append(name)) for n in ("resid_pre.1", "z.1", "resid_mid.1", "mlp_out.1", "z.2")]
-    resumed = exact.forward(cache["resid_mid", 1], attention_mask=batch.attention_mask, start_at_layer=1,
-                            start_at_mid=True, hooks=spy)
-    assert torch.equal(resumed, full)  # the same operations on the same numbers
-    assert fired == ["blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out", "blocks.2.attn.hook_z"]
-    early = exact.forward(cache["resid_mid", 1], attention_mask=batch.attention_mask, start_at_layer=1,
-                          stop_at_layer=2, start_at_mid=True)
-    assert torch.equal(early, cache["resid_pre", 2])
-    with pytest.raises(InterpError, match="start_at_mid resumes inside block 1"):
-        exact.forward(cache["resid_mid", 1], start_at_layer=1, stop_at_layer=1, start_at_mid=True)
-
-
 # ---------------------------------------------------------------------------- the planted circuit
 def test_ablating_the_previous_token_head_breaks_induction(planted):
     tokens = repeated(planted, n=8)
@@ -215,23 +198,29 @@ def test_mean_is_per_position_over_real_tokens_and_mean_pos_pools_them(exact, te
 
 
 def test_resample_pairs_rows_as_documented(exact, texts):
-    batch = exact.tokenize(texts)
-    _, clean = exact.run(batch, names=["z.0"])
+    """Within the batch: row i takes row d[i] at the same token positions, d a seeded derangement (the prompts
+    must be as long as each other there: a shorter source is refused, since its positions do not exist)."""
+    equal = exact.tokenize(texts).tokens[:, :6]  # four prompts of 6 tokens each
+    _, clean = exact.run(equal, names=["z.0"])
     z = clean["z", 0][:, :, 1]
     with ablate(exact, heads=[(0, 1)], method="resample", seed=5):
-        _, cache = exact.run(batch, names=["z.0"])
+        _, cache = exact.run(equal, names=["z.0"])
     got = cache["z", 0][:, :, 1]
     source = [next(j for j in range(4) if torch.equal(got[i], z[j])) for i in range(4)]
     assert sorted(source) == [0, 1, 2, 3] and all(source[i] != i for i in range(4))  # a derangement
-    # With a reference: row i takes reference row perm[i mod n_ref], perm seeded.
-    reference = exact.tokenize([t + " and more words here" for t in texts[:3]])
+    with ablate(exact, heads=[(0, 1)], method="resample", seed=5):
+        with pytest.raises(InterpError, match="beyond its source prompt"):
+            exact.run(exact.tokenize(texts), names=["z.0"])
+    # With a reference: row i takes reference row perm[i mod n_ref] at its own token positions, perm seeded.
+    batch = exact.tokenize(texts)
+    reference = exact.tokenize([t + " and more words here" * 3 for t in texts[:3]])
     _, ref_cache = exact.run(reference, names=["z.0"])
     perm = torch.randperm(3, generator=torch.Generator().manual_seed(5))
     with ablate(exact, heads=[(0, 1)], method="resample", reference=reference, seed=5):
         _, cache = exact.run(batch, names=["z.0"])
-    P = batch.tokens.shape[1]
     for i in range(4):
-        assert torch.equal(cache["z", 0][i, :, 1], ref_cache["z", 0][perm[i % 3], :P, 1])
+        n = int(batch.lengths[i])
+        assert torch.equal(cache["z", 0][i, :n, 1], ref_cache["z", 0][perm[i % 3], :n, 1])
 
 
 # ---------------------------------------------------------------------------- the fast scan
@@ -262,6 +251,8 @@ METHODS = [
 def test_fast_scan_equals_the_naive_loop(exact, texts, method, kw):
     kw = {k: (texts if v == "texts" else v) for k, v in kw.items()}
     batch = exact.tokenize(texts[:3])  # right-padded: padding must be excluded the same way by both
+    if method == "resample":  # resampling pairs token positions: prompts as long as their sources
+        batch = batch.tokens[:, :6]
     every = [[(l, h)] for l in range(3) for h in range(4)]
     metrics = ["loss", LogitDiff(5, 9), Prob(7, position=-2), Custom(lambda logits: logits[:, 1:4].logsumexp(-1).mean(-1))]
     expected = naive_loop(exact, batch, every, metrics, method=method, **kw)
@@ -273,9 +264,9 @@ def test_fast_scan_equals_the_naive_loop(exact, texts, method, kw):
 
 
 def test_fast_scan_of_layers_and_multi_layer_sets_equals_the_naive_loop(exact, texts):
-    batch = exact.tokenize(texts)
     sets = {"clean": [], "two layers": ["0.1", "2.3"], "three": ["0.0", "1.*", "2.0"], "late": ["2.1"]}
     for method, kw in [("zero", {}), ("resample", {}), ("mean", {"reference": texts})]:
+        batch = exact.tokenize(texts) if method != "resample" else exact.tokenize(texts).tokens[:, :6]
         df = scan(exact, batch, variants=sets, method=method, chunk_tokens=10_000, progress=False, **kw)
         assert df["variant"].tolist() == list(sets)
         expected = naive_loop(exact, batch, list(sets.values()), ["loss"], method=method, **kw)[0]

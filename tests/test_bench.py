@@ -38,7 +38,8 @@ def test_a_section_runs_and_prints_its_ratio(capsys, monkeypatch):
     assert out.startswith("interp bench: random GPT-2 small shape, torch")
     (row,) = rows
     assert row.section == "forward" and row.value > 0 and row.line() in out
-    assert re.search(r"our forward / HF eager forward \(2×16\)\s+\d+\.\d{3}×   \[\d+\.\d\ds vs \d+\.\d\ds\]", out)
+    assert re.search(r"our forward / HF eager forward \(2×16\)\s+\d+\.\d{3}×   \[median of 3 interleaved pairs, "
+                     r"spread \d+\.\d\d–\d+\.\d\d; \d+\.\d\ds vs \d+\.\d\ds\]", out)
 
 
 def test_unknown_sections_are_refused():
@@ -51,6 +52,6 @@ def test_info_prints_the_shape_and_hook_points(planted_dir, capsys):
     assert main(["info", "--model", planted_dir]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "2 layers × 4 heads, d_model 256, vocab 32, context 32, fold_ln=True" in out[0]
-    assert out[1].startswith("35 hook points, e.g. hook_embed, hook_pos_embed, blocks.0.hook_resid_pre,")
+    assert out[1].startswith("48 hook points, e.g. hook_embed, hook_pos_embed, blocks.0.hook_resid_pre,")
     assert main(["info", "--model", planted_dir, "--no-fold-ln"]) == 0
     assert "fold_ln=False" in capsys.readouterr().out

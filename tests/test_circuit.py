@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 import interp
 from interp import InterpError, circuit
-from interp.attribution import sender_outputs
 from interp.discovery import faithfulness
-from interp.edge_patching import circuit_value, edge_effects, replacements
+from interp.edge_patching import circuit_value, edge_effects, replacements, sender_outputs
+from interp.engine import Engine
 from interp.graph import Graph
 from interp.metrics import LogitDiff
 from interp.path_patching import path_patch
@@ -52,24 +52,26 @@ def slow_circuit_final(model, tokens, kept, repl):
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "raw"])
-@pytest.mark.parametrize("ablation", ["resample", "mean"])
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
 def test_the_circuit_run_equals_a_slow_reference(models, fold, ablation):
     m = models[fold]
     clean, corrupted = pair(m, n=3, P=6)
     cb, kb = m.to_batch(clean), m.to_batch(corrupted)
     g = Graph(m.cfg.n_layers, m.cfg.n_heads)
-    repl = replacements(sender_outputs(m, kb)[0], kb, ablation)
+    engine = Engine(m)
+    repl = replacements(sender_outputs(engine, kb)[0], kb, ablation)
     for seed in range(3):
         kept = g.valid & (torch.rand(g.valid.shape, generator=torch.Generator().manual_seed(seed)) < 0.5)
-        fast = circuit_value(m, cb, kept, repl)
+        fast = circuit_value(engine, cb, kept, repl)
         slow = slow_circuit_final(m, clean, kept, repl)
         assert torch.allclose(fast, slow, atol=1e-9, rtol=0)
-    clean_final = m.forward(clean, unembed=False)
+    L = m.cfg.n_layers
+    clean_final = m.forward(clean, stop_at_layer=L)
     assert (fast - clean_final).abs().max() > 1e-2  # ablating half the edges matters: the comparison can fail
-    assert torch.allclose(circuit_value(m, cb, g.valid, repl), clean_final, atol=1e-10)  # every edge kept: clean
-    if ablation == "resample":  # no edge kept: the corrupted run
-        assert torch.allclose(circuit_value(m, cb, torch.zeros_like(g.valid), repl),
-                              m.forward(corrupted, unembed=False), atol=1e-10)
+    assert torch.allclose(circuit_value(engine, cb, g.valid, repl), clean_final, atol=1e-10)  # every edge kept: clean
+    if ablation == "corrupted":  # no edge kept: the corrupted run
+        assert torch.allclose(circuit_value(engine, cb, torch.zeros_like(g.valid), repl),
+                              m.forward(corrupted, stop_at_layer=L), atol=1e-10)
 
 
 def test_mean_replacements_skip_padding(noisy):
@@ -81,7 +83,7 @@ def test_mean_replacements_skip_padding(noisy):
     out = torch.randn(4, 3, 5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     mean = replacements(out, Batch(tokens, mask), "mean")
     assert torch.allclose(mean[:, 1, :3], out[:, :, :3].mean(1)) and torch.allclose(mean[:, 0, 3:], out[:, :2, 3:].mean(1))
-    assert torch.equal(replacements(out, Batch(tokens, mask), "resample"), out)
+    assert torch.equal(replacements(out, Batch(tokens, mask), "corrupted"), out)
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "raw"])
@@ -93,10 +95,13 @@ def test_faithfulness_equals_transformer_lens(models, fold):
     fn = lambda logits: logits[0, -1, 5] - logits[0, -1, 9]  # noqa: E731
     g = Graph(m.cfg.n_layers, m.cfg.n_heads)
     keep = g.valid & (torch.rand(g.valid.shape, generator=torch.Generator().manual_seed(4)) < 0.6)
+    # TransformerLens keeps edges on no path from the embeddings to the logits; interp (and EAP-IG) drop them:
+    # compare on a set with none (one pruned by interp's rule), then check that the rule was applied.
+    keep = g.connected(keep)
     edges = [g.edge_name(g.senders[s], *g.receivers[r]) for s, r in keep.nonzero().tolist()]
 
     def node(name, position):
-        layer, head = Graph.layer_head(name.split(".")[0])
+        layer, head = g.layer_head(name.split(".")[0])
         if name == "embed":
             return Node("embed", position)
         if name == "logits":
@@ -108,7 +113,7 @@ def test_faithfulness_equals_transformer_lens(models, fold):
         return Node("attn_head_out", position, layer=layer, head=head)
 
     def writer(name, position):
-        layer, head = Graph.layer_head(name)
+        layer, head = g.layer_head(name)
         return Node("mlp_out", position, layer=layer) if name.startswith("MLP") else node(name, position)
 
     tl_circuit = [(writer(e.split("->")[0], p), node(e.split("->")[1], p)) for e in edges for p in range(6)]
@@ -125,17 +130,18 @@ def test_exact_edge_effects_are_direct_path_patching(models, fold):
     cb, kb = m.to_batch(clean), m.to_batch(corrupted)
     metric = LogitDiff(5, 9).bind(m)
     g = Graph(m.cfg.n_layers, m.cfg.n_heads)
-    delta = sender_outputs(m, cb)[0] - sender_outputs(m, kb)[0]
+    engine = Engine(m)
+    delta = sender_outputs(engine, cb)[0] - sender_outputs(engine, kb)[0]
     cases = [("L0H1->L2H3.k", "0.1", "2.3.k"), ("L0H2->L1H0.q", "0.2", "1.0.q"), ("L1H3->L2H0.v", "1.3", "2.0.v"),
              ("L1H1->logits", "1.1", "logits")]
-    got = edge_effects(m, kb, metric, [g.parse_edge(e) for e, _, _ in cases], delta, chunk_tokens=24)
+    got = edge_effects(Engine(m, chunk_tokens=24), kb, metric, [g.parse_edge(e) for e, _, _ in cases], delta)
     for value, (_, s, r) in zip(got, cases):
-        assert value == pytest.approx(path_patch(m, clean, corrupted, s, r, metric, mlps="frozen")["value"], abs=1e-9)
+        assert value == pytest.approx(float(path_patch(m, clean, corrupted, s, r, metric, mlps="frozen")["value"].iloc[0]), abs=1e-9)
     # An MLP receiver: the corrupted run with MLP1's input (only) given embed's clean-minus-corrupted write.
-    (mlp,) = edge_effects(m, kb, metric, [g.parse_edge("embed->MLP1")], delta)
+    (mlp,) = edge_effects(engine, kb, metric, [g.parse_edge("embed->MLP1")], delta)
     _, cache = m.run(kb, names=["resid_mid.1"])
     fed = cache["resid_mid", 1] + delta[0]
-    ref = m.forward(kb.tokens, unembed=False, hooks=[("ln2.1", lambda x, n: F.layer_norm(
+    ref = m.forward(kb.tokens, stop_at_layer=m.cfg.n_layers, hooks=[("ln2.1", lambda x, n: F.layer_norm(
         fed, (m.cfg.d_model,), m.ln2_w[1], m.ln2_b[1], m.cfg.eps))])
     assert mlp == pytest.approx(float(metric.from_resid(m, ref, kb)), abs=1e-9)
 
@@ -188,6 +194,41 @@ def test_interp_tiny_induction_circuit():
     assert c.faithfulness >= 0.9
 
 
+def test_faithfulness_drops_edges_off_every_path_as_circuit_does(noisy):
+    """Issue 22's defect: a random edge set scored with its dangling edges kept disagreed with EAP-IG. One rule:
+    faithfulness(edges) is faithfulness of the edges on a path from the embeddings to the logits."""
+    m = noisy
+    clean, corrupted = pair(m, n=3, P=6)
+    metric = LogitDiff(5, 9)
+    g = Graph(m.cfg.n_layers, m.cfg.n_heads)
+    keep = g.valid & (torch.rand(g.valid.shape, generator=torch.Generator().manual_seed(1)) < 0.3)
+    pruned = g.connected(keep)
+    assert 0 < int(pruned.sum()) < int(keep.sum())  # the rule removes something here
+    names = lambda k: [g.edge_name(g.senders[s], *g.receivers[r]) for s, r in k.nonzero().tolist()]  # noqa: E731
+    for ablation in ("corrupted", "mean"):
+        ours = faithfulness(m, clean, corrupted, names(keep), metric, ablation=ablation)
+        assert ours == faithfulness(m, clean, corrupted, names(pruned), metric, ablation=ablation)
+        engine = Engine(m)
+        cb, kb = m.to_batch(clean), m.to_batch(corrupted)
+        repl = replacements(sender_outputs(engine, kb)[0], kb, ablation)
+        bound = metric.bind(m)
+        c = float(bound.from_resid(m, engine.record(cb).final, cb))
+        k = float(bound.from_resid(m, engine.record(kb).final, kb))
+        loose = (float(bound.from_resid(m, circuit_value(engine, cb, keep, repl), cb)) - k) / (c - k)
+        if ablation == "mean":  # keeping the dangling edges would have given another number
+            assert abs(loose - ours) > 1e-3
+        else:  # an unfed sender computes its corrupted output anyway: the rule changes nothing there
+            assert loose == pytest.approx(ours, abs=1e-9)
+
+
+def test_an_empty_circuit_is_refused_with_the_reason(planted):
+    clean, corrupted = induction_pair(planted, n=2)
+    with pytest.raises(InterpError, match="the circuit is empty: none of the 1 candidate"):
+        circuit(planted, clean, corrupted, edges=1, prune=False, progress=False)
+    with pytest.raises(InterpError, match="the circuit is empty: every edge was pruned"):
+        circuit(planted, clean, corrupted, edges=3, tolerance=100, progress=False)
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ablation="zero"), "unknown ablation 'zero'"),
@@ -201,8 +242,10 @@ def test_bad_circuit_arguments(planted, kwargs, message):
     clean, corrupted = induction_pair(planted, n=1)
     with pytest.raises(InterpError, match=message.replace("|", r"\|")):
         circuit(planted, clean, corrupted, progress=False, **kwargs)
-    with pytest.raises(InterpError, match="same logit_diff"):
+    with pytest.raises(InterpError, match="same tokens"):
         circuit(planted, clean, clean, LogitDiff("a", "b"), progress=False)
+    with pytest.raises(InterpError, match="same logit_diff"):  # a metric that cannot tell the runs apart
+        circuit(planted, clean, corrupted, LogitDiff("a", "a"), progress=False)
     with pytest.raises(InterpError, match="runs backwards"):
         faithfulness(planted, clean, corrupted, ["L1H0->L0H0.k"])
     assert not planted.has_hooks

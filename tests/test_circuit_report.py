@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 import interp
-from interp import circuit
+from interp import InterpError, circuit
 from interp.cli import main
+from interp.discovery import Circuit, faithfulness
+from interp.report.circuit import circuit_html, circuit_svg
 from test_patching import induction_pair
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -34,8 +36,8 @@ def found(files):
 
 
 def test_svg_draws_each_edge_by_its_effect_and_each_input(found):
-    assert found._repr_svg_() == found.svg()  # what a notebook shows
-    root = ET.fromstring(found.svg())
+    assert interp.show(found)._repr_svg_() == circuit_svg(found)  # what a notebook shows
+    root = ET.fromstring(circuit_svg(found))
     edges = root.findall(f"{SVG}g[@class='edge']")
     assert sorted(e.get("data-edge") for e in edges) == sorted(found.edges["edge"])
     nodes = root.findall(f"{SVG}g[@class='node']")
@@ -51,6 +53,27 @@ def test_svg_draws_each_edge_by_its_effect_and_each_input(found):
     # columns are layers: embed, then layer 0, then layer 1, then the logits, left to right
     x = {n.get("data-node"): float(n.find(f"{SVG}rect").get("x")) for n in nodes}
     assert x["embed"] < x["L0H0"] < x["L1H0"] < x["logits"]
+
+
+def test_json_round_trips_and_eap_ig_json_reverifies(files, found):
+    """Circuit.from_json(to_json) is the same circuit; EAP-IG's graph JSON names every edge of the graph, flags
+    the kept ones, and read back gives edges whose faithfulness equals the circuit's."""
+    again = Circuit.from_json(json.loads(json.dumps(found.to_json())))
+    assert again.to_json() == found.to_json()
+    assert list(again.edges.dtypes) == list(found.edges.dtypes) and again.edges["effect"].dtype == "float64"
+    eap = json.loads(json.dumps(found.to_eap_ig()))
+    model, _, _, clean, corrupted = files
+    assert len(eap["edges"]) == found.attrs["total_edges"]
+    assert {k for k, v in eap["edges"].items() if v["in_graph"]} == {"input->a0.h0<v>", "a0.h0->a1.h0<k>", "a1.h0->logits"}
+    assert eap["nodes"]["logits"]["in_graph"] and not eap["nodes"]["m0"]["in_graph"]
+    edges = Circuit.from_eap_ig(eap)
+    assert sorted(edges) == sorted(found.edges["edge"])
+    assert faithfulness(model, clean, corrupted, edges) == pytest.approx(found.faithfulness, abs=1e-9)
+    assert faithfulness(model, clean, corrupted, again) == pytest.approx(found.faithfulness, abs=1e-9)
+    with pytest.raises(InterpError, match="not a circuit written by interp"):
+        Circuit.from_json(eap)
+    with pytest.raises(InterpError, match="not an EAP-IG graph JSON"):
+        Circuit.from_eap_ig({"edges": [1]})
 
 
 def test_json_holds_nodes_edges_and_faithfulness(found):
@@ -72,7 +95,7 @@ def test_cli_circuit_writes_what_the_api_finds(files, found, planted_dir, tmp_pa
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(found.to_json()))  # the CLI is a skin over circuit()
     assert f"faithfulness {found.faithfulness:.3f} with 3 edges and 4 nodes" in printed
-    assert svg.read_text() == found.svg() and "Content-Security-Policy" in page.read_text()
+    assert svg.read_text() == circuit_svg(found) and "Content-Security-Policy" in page.read_text()
 
 
 def test_cli_attribute_prints_the_ranked_table(files, planted_dir, tmp_path, capsys):
@@ -116,7 +139,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def test_the_page_in_a_browser(found, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
     path = tmp_path / "circuit.html"
-    path.write_text(found.html(), encoding="utf-8")
+    path.write_text(circuit_html(found), encoding="utf-8")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         try:

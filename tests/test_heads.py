@@ -141,13 +141,13 @@ def test_uniform_and_one_hot_patterns_score_as_expected(planted):
 
 def test_stops_after_the_last_needed_layer_and_leaves_no_hooks(planted):
     fired = []
-    with planted.hooks([("mlp_out.0", lambda x, name: fired.append(name)),
+    with planted.hooks([("z.1", lambda x, name: fired.append(name)),
                         ("ln_final", lambda x, name: fired.append(name))]):
         df = classify(planted, "a b c a b c", heads="0.1,0.2")
-        assert fired == []  # layer 0's MLP and the unembedding never ran
+        assert fired == []  # layer 1 and the unembedding never ran
         assert df[["layer", "head"]].values.tolist() == [[0, 1], [0, 2]]
         classify(planted, "a b c a b c")
-        assert fired == ["blocks.0.hook_mlp_out"]  # layer 1's pattern was the last thing computed
+        assert fired == ["blocks.1.attn.hook_z"]  # layer 1's block was the last thing computed
     assert not planted.has_hooks
 
 

@@ -115,7 +115,7 @@ def test_logits_false_skips_the_unembedding(small_raw, monkeypatch):
     monkeypatch.setattr(type(small_raw), "unembed", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     logits, cache = small_raw.run("hello there", names=["resid_post.1"], logits=False)
     assert logits is None and calls == [] and "blocks.1.hook_resid_post" in cache
-    final = small_raw.forward(small_raw.tokenize("hello there").tokens, unembed=False)
+    final = small_raw.forward(small_raw.tokenize("hello there").tokens, stop_at_layer=small_raw.cfg.n_layers)
     assert torch.allclose(final, cache["resid_post", 1])
 
 

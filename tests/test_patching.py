@@ -37,6 +37,12 @@ def induction_pair(model, n=8, half=12, seed=1):
     return probes.induction_pair(model, n, half, seed=seed)
 
 
+def one(df, column="value") -> float:
+    """The one row of a path_patch table."""
+    assert len(df) == 1
+    return float(df[column].iloc[0])
+
+
 def values(df) -> torch.Tensor:
     return torch.tensor(df["value"].to_list(), dtype=torch.float64)
 
@@ -122,7 +128,7 @@ def test_patching_the_planted_induction_circuit(planted):
 
 def test_path_patching_the_planted_induction_circuit(planted):
     clean, corrupted = induction_pair(planted)
-    effect = {x: path_patch(planted, clean, corrupted, "0.0", f"1.0.{x}")["effect"] for x in "qkv"}
+    effect = {x: one(path_patch(planted, clean, corrupted, "0.0", f"1.0.{x}"), "effect") for x in "qkv"}
     assert effect["k"] > 0.95 and abs(effect["q"]) < 0.05 and abs(effect["v"]) < 0.05
     scan = path_patch_scan(planted, clean, corrupted, "1.0.k", progress=False).set_index(["sender_layer", "sender_head"])
     assert scan.loc[(0, 0), "effect"] == pytest.approx(effect["k"], abs=1e-5)
@@ -148,7 +154,7 @@ def test_direct_path_equals_transformer_lens(models, fold, component):
     for layer in (1, 2):
         receivers = ",".join(f"{layer}.{h}.{component}" for h in range(4))
         for h in range(4):
-            ours = path_patch(m, clean, corrupted, "0.2", f"{layer}.{h}.{component}", metric, mlps="frozen")["value"]
+            ours = one(path_patch(m, clean, corrupted, "0.2", f"{layer}.{h}.{component}", metric, mlps="frozen"))
             assert ours == pytest.approx(float(theirs[layer, h]), abs=1e-6)
         scan = path_patch_scan(m, clean, corrupted, receivers, metric, senders="0.2", mlps="frozen", progress=False)
         assert len(scan) == 1
@@ -156,7 +162,8 @@ def test_direct_path_equals_transformer_lens(models, fold, component):
 
 @pytest.mark.parametrize("fold", MODES, ids=["folded", "raw"])
 @pytest.mark.parametrize("mlps", ["recomputed", "frozen"])
-def test_path_patching_equals_hugging_face_written_out(models, noisy_hf, fold, mlps):
+@pytest.mark.parametrize("cascade", [False, True], ids=["wang", "cascade"])
+def test_path_patching_equals_hugging_face_written_out(models, noisy_hf, fold, mlps, cascade):
     hf = noisy_hf[0]
     m = models[fold]
     clean, corrupted = pair(m, n=2, P=7)
@@ -166,15 +173,21 @@ def test_path_patching_equals_hugging_face_written_out(models, noisy_hf, fold, m
     cases = [([(0, 1)], [(2, 3, "k")]), ([(0, 1), (1, 2)], [(2, 0, "q"), (2, 3, "v")]), ([(0, 3)], [(1, 1, "k"), (2, 1, "k")]),
              ([(1, 0)], "logits")]
     for senders, receivers in cases:
-        ours = path_patch(m, clean, corrupted, senders, receivers, metric, mlps=mlps)["value"]
-        theirs = float(metric.from_logits(m, ref.path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps), kb))
+        ours = one(path_patch(m, clean, corrupted, senders, receivers, metric, mlps=mlps, cascade=cascade))
+        theirs = float(metric.from_logits(m, ref.path_patched_logits(hf, clean, corrupted, mask, senders, receivers, mlps,
+                                                                     cascade=cascade), kb))
         assert ours == pytest.approx(theirs, abs=1e-6), (senders, receivers)
-        scan = path_patch_scan(m, clean, corrupted, receivers, metric, senders=senders, mlps=mlps, progress=False)
+        scan = path_patch_scan(m, clean, corrupted, receivers, metric, senders=senders, mlps=mlps, cascade=cascade,
+                               progress=False)
         if len(senders) == 1:
             assert scan["value"].iloc[0] == pytest.approx(theirs, abs=1e-6)
-    frozen_or_not = {x: path_patch(m, clean, corrupted, [(0, 1)], [(2, 3, "k")], metric, mlps=x)["value"]
+    frozen_or_not = {x: one(path_patch(m, clean, corrupted, [(0, 1)], [(2, 3, "k")], metric, mlps=x))
                      for x in ("recomputed", "frozen")}
     assert abs(frozen_or_not["recomputed"] - frozen_or_not["frozen"]) > 1e-5  # the MLPs in between matter (≫ 1e-9)
+    # Receivers in two layers: Wang's caching (the later receiver sees the senders' path only) is not the cascade.
+    two_layers = {c: one(path_patch(m, clean, corrupted, [(0, 3)], [(1, 1, "k"), (2, 1, "k")], metric, mlps=mlps,
+                                    cascade=c)) for c in (False, True)}
+    assert abs(two_layers[False] - two_layers[True]) > 1e-6
 
 
 # ---------------------------------------------------------------------------- interp-tiny
@@ -193,7 +206,7 @@ def test_interp_tiny_induction_circuit(tiny):
     assert paths["effect"].idxmax() == (0, 4) and paths.loc[(0, 4), "effect"] > 0.8
     assert paths.drop((0, 4))["effect"].abs().max() < 0.05
     for x in "qv":
-        assert abs(path_patch(tiny, clean, corrupted, "0.4", receivers.replace(".k", f".{x}"))["effect"]) < 0.05
+        assert abs(one(path_patch(tiny, clean, corrupted, "0.4", receivers.replace(".k", f".{x}")), "effect")) < 0.05
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -6,7 +6,7 @@ import torch
 
 import interp
 from interp import InterpError, attribute, tasks
-from interp.patching import paired_batches
+from interp.engine import paired_batches
 from interp.testing import random_gpt2_hf, word_tokenizer
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -48,6 +49,43 @@ def timed(fn: Callable, repeat: int = 1):
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return result, best
+
+
+@dataclass
+class Ratio:
+    """Subject over baseline, timed alternately: the median of the per-pair ratios and their spread.
+
+    Adjacent runs see the same machine load, so each pair's ratio cancels most of the drift that makes
+    one timing against one noise; the median of several pairs then holds still from run to run.
+    """
+
+    median: float
+    low: float
+    high: float
+    subject_s: float
+    baseline_s: float
+    pairs: int
+
+    def detail(self) -> str:
+        return (f"median of {self.pairs} interleaved pairs, spread {self.low:.2f}–{self.high:.2f}; "
+                f"{self.subject_s:.2f}s vs {self.baseline_s:.2f}s")
+
+
+def compare(subject: Callable, baseline: Callable, pairs: int = 5, warmup: bool = True):
+    """``(Ratio, subject's last result)``: ``subject`` and ``baseline`` run alternately ``pairs`` times
+    (after one untimed run of each when ``warmup``), starting with the baseline."""
+    if warmup:
+        baseline()
+        result = subject()
+    ratios, sub, base = [], [], []
+    for _ in range(pairs):
+        _, b = timed(baseline)
+        result, s = timed(subject)
+        ratios.append(s / b)
+        sub.append(s)
+        base.append(b)
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios), statistics.median(sub), statistics.median(base),
+                 pairs), result
 
 
 def _vm_hwm_mb() -> float:

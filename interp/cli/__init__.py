@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable, Optional
 
-from ..errors import InterpError
+from ..errors import InterpError, InterpWarning
 from . import ablate, check, circuits, compose, discovery, graph, heads, lens, misc, ov, report, sae
 
 #: name -> (add the subparser, run it).
@@ -65,8 +65,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             subparsers[args.command].print_usage(sys.stderr)
             subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         with warnings.catch_warnings():
-            # Library warnings (with source paths) are not the user's business; ours are InterpErrors.
+            # Library warnings (with source paths) are not the user's business; ours (InterpWarning) are,
+            # one line each on stderr, as they come.
             warnings.simplefilter("ignore")
+            warnings.simplefilter("always", InterpWarning)
+            warnings.showwarning = lambda message, *a, **k: print(
+                f"interp {args.command}: warning: {message}", file=sys.stderr)
             return COMMANDS[args.command][1](args) or 0
     except _BadUsage as e:
         print(e, file=sys.stderr)

@@ -61,7 +61,7 @@ def _check_pair(args) -> None:
 def _pair_and_metric(model, args):
     """(clean, corrupted, metric, a sentence saying what the metric is)."""
     from .. import metrics, select
-    from ..patching import paired_batches
+    from ..engine import paired_batches
 
     if args.task is not None:
         from ..tasks import TASKS
@@ -168,12 +168,13 @@ def add_path_patch(sub) -> None:
 
 
 def run_path_patch(args: argparse.Namespace) -> int:
-    from ..path_patching import path_patch_scan, receivers_of
+    from .. import select
+    from ..path_patching import path_patch_scan
 
     _check_pair(args)
     out = Outputs(args)
     model = load_model(args)
-    receivers = receivers_of(model, args.receivers)
+    receivers = select.receivers(model, args.receivers)
     cb, kb, metric, note = _pair_and_metric(model, args)
     df = path_patch_scan(model, cb, kb, receivers, metric, senders=args.senders, mlps=args.mlps,
                          progress=progress(args))

@@ -64,12 +64,13 @@ def add_circuit(sub) -> None:
     _add_common(p, ["eap", "eap-ig"], "eap-ig")
     p.add_argument("--edges", type=count("a number of edges"), help="verify the top N edges (default 50)")
     p.add_argument("--threshold", type=float, help="verify the edges with |attribution| >= T")
-    p.add_argument("--ablation", choices=["resample", "mean"], default="resample",
+    p.add_argument("--ablation", choices=["corrupted", "mean"], default="corrupted",
                    help="what a removed edge carries: the paired corrupted prompt's value (default) or the mean "
-                   "over the corrupted prompts")
+                   "over the corrupted prompts, per token position")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="drop an edge if the circuit stays within this much more of the full model (default 0.01)")
-    p.add_argument("--no-prune", dest="prune", action="store_false", help="keep every verified edge")
+    p.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="keep every verified edge on a path from the embeddings to the logits")
     p.add_argument("--out", metavar="FILE", required=True, help="write the circuit as JSON")
     p.add_argument("--svg", metavar="FILE", help="draw the circuit as SVG")
     p.add_argument("--html", metavar="FILE", help="the picture and the edge table as one self-contained page")
@@ -105,11 +106,13 @@ def run_circuit(args: argparse.Namespace) -> int:
     print_table(c.edges[["edge", "attribution", "effect"]], max_rows=None)
     data = c.to_json()
     out.add(args.out, lambda tmp: tmp.write_text(json.dumps(data, indent=1), encoding="utf-8"))
+    if args.svg or args.html:
+        from ..report.circuit import circuit_html, circuit_svg
     if args.svg:
-        svg = c.svg()
+        svg = circuit_svg(c)
         out.add(args.svg, lambda tmp: tmp.write_text(svg, encoding="utf-8"))
     if args.html:
-        page = c.html()
+        page = circuit_html(c)
         out.add(args.html, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     out.commit()
     return 0

@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     cfg = model.cfg
     _check(model, args, ranks)
-    from analyses import ov
+    from analyses import ov, ov_rank
 
     from ..probes import text_windows
 
     inputs = None if text is None else text_windows(model, text, max_windows=args.max_windows)
-    view = ov.ov_view(model, args.layer, args.head, ks=ranks, inputs=inputs, n_directions=args.directions,
+    view = ov_rank.ov_view(model, args.layer, args.head, ks=ranks, inputs=inputs, n_directions=args.directions,
                       top=args.tokens, progress=progress(args))
     print(f"OV circuits of {cfg.name} (fold_ln={cfg.fold_ln}): W_OV = W_V W_O, rank ≤ d_head = {cfg.d_head}; "
           "rank90/rank99 = singular values holding 90/99 % of Σσ²; erank = exp(entropy of σ/Σσ); "

@@ -1,4 +1,4 @@
-"""A circuit as a picture a person reads: SVG, a self-contained HTML page, and JSON.
+"""A circuit as a picture a person reads: SVG and a self-contained HTML page (its JSON is :meth:`Circuit.to_json`).
 
 Columns are layers (the embeddings on the left, the logits on the right); in each layer the heads
 that kept an edge stand in one column and the MLP just right of them. An edge runs from its
@@ -21,7 +21,7 @@ import html
 import math
 from typing import Any, Optional
 
-__all__ = ["circuit_json", "circuit_svg", "circuit_html"]
+__all__ = ["circuit_svg", "circuit_html", "CircuitPicture"]
 
 POSITIVE, NEGATIVE = "#1d4ed8", "#c2410c"
 COL, ROW, NODE_W, NODE_H, MARGIN, TOP = 150, 44, 64, 30, 40, 86
@@ -29,20 +29,6 @@ COL, ROW, NODE_W, NODE_H, MARGIN, TOP = 150, 44, 64, 30, 40, 86
 
 def _num(v: Any) -> Optional[float]:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def circuit_json(c) -> dict:
-    """The circuit as plain data: nodes, edges (``input`` is ``q``/``k``/``v``, or None for an MLP or the logits)."""
-    return {
-        "model": c.model, "metric": c.metric, "method": c.method, "steps": c.steps, "ablation": c.ablation,
-        "clean": c.clean, "corrupted": c.corrupted, "value": c.value, "faithfulness": c.faithfulness,
-        "faithfulness_candidates": c.faithfulness_candidates, "n_edges": c.n_edges, "n_nodes": c.n_nodes,
-        "n_candidates": len(c.candidates), "total_edges": c.attrs.get("total_edges"),
-        "nodes": list(c.nodes),
-        "edges": [{"sender": r.sender, "receiver": r.receiver, "input": None if r.input == "in" else r.input,
-                   "attribution": _num(r.attribution), "effect": _num(r.effect), "score": _num(r.score)}
-                  for r in c.edges.itertuples()],
-    }
 
 
 def _layout(c) -> tuple[dict, int, int]:
@@ -54,9 +40,10 @@ def _layout(c) -> tuple[dict, int, int]:
     from ..graph import Graph
 
     L = c.n_layers
+    graph = Graph(c.n_layers, c.n_heads)
     cols: dict[int, list[str]] = {}
     for n in c.nodes:
-        layer, head = Graph.layer_head(n)
+        layer, head = graph.layer_head(n)
         col = 0 if n == "embed" else 2 * L + 1 if n == "logits" else 1 + 2 * layer + (head is None)
         cols.setdefault(col, []).append(n)
     step = NODE_H + ROW
@@ -176,3 +163,19 @@ def circuit_html(c) -> str:
             f"ranked by {c.method}, {c.ablation} ablation")
     return _PAGE.format(csp=csp, title=esc(f"Circuit · {c.model}"), css=_CSS, meta=esc(meta), svg=circuit_svg(c),
                         rows=rows)
+
+
+class CircuitPicture:
+    """A circuit as a notebook shows it (``interp.show(circuit)``): its SVG inline."""
+
+    def __init__(self, circuit):
+        self.circuit = circuit
+
+    def _repr_svg_(self) -> str:
+        return circuit_svg(self.circuit)
+
+    def svg(self) -> str:
+        return circuit_svg(self.circuit)
+
+    def html(self) -> str:
+        return circuit_html(self.circuit)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..errors import InterpError
+
 #: The frame's height: the header and a head's heatmap; the report scrolls inside it.
 HEIGHT = 900
 
@@ -31,8 +33,9 @@ def iframe(page: str, height: int = HEIGHT, title: str = "interp report") -> str
     )
 
 
-def show(model: Any, prompt: Any, head: Any = None, **kwargs: Any):
-    """A quick look at heads' attention on a prompt: a :class:`~interp.report.Report` that a notebook shows inline.
+def show(model: Any, prompt: Any = None, head: Any = None, **kwargs: Any):
+    """A quick look at heads' attention on a prompt: a :class:`~interp.report.Report` that a notebook shows inline;
+    or ``show(circuit)``: a discovered :class:`~interp.discovery.Circuit`, drawn.
 
     ``head`` is what :func:`~interp.report.build_report`'s ``heads=`` takes (``"4.11"``,
     ``(4, 11)``, ``"4.11,0.5"``); no head classifier runs unless ``scores=None`` (or ``top=``/
@@ -43,8 +46,15 @@ def show(model: Any, prompt: Any, head: Any = None, **kwargs: Any):
     >>> r.heads, r._repr_html_().startswith('<iframe srcdoc="&lt;!DOCTYPE html&gt;')
     ([(0, 0)], True)
     """
+    from ..discovery import Circuit
     from . import build_report
 
+    if isinstance(model, Circuit):
+        from .circuit import CircuitPicture
+
+        return CircuitPicture(model)
+    if prompt is None:
+        raise InterpError("show(model, prompt, head): give a prompt (or show(circuit) for a discovered circuit)")
     if head is not None and isinstance(head, tuple) and len(head) == 2 and all(isinstance(x, int) for x in head):
         head = [head]
     if head is not None:
