@@ -44,6 +44,8 @@ from .influence import (NodeKinds, StreamingInfluence, _layer_runs, cumulative_s
 
 __all__ = ["AttributionGraph", "attribution_graph", "verify_edges"]
 
+Number = Union[int, float]
+
 
 @dataclass
 class AttributionGraph:
@@ -199,12 +201,12 @@ def attribution_graph(
     prompt: Union[str, Tensor, Sequence[int]],
     *,
     max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
+    desired_logit_prob: Number = 0.95,
+    node_threshold: Number = 0.8,
+    edge_threshold: Number = 0.98,
     batch_size: int = 64,
     keep_all: bool = False,
-    cache_mb: float = 512,
+    cache_mb: Number = 512,
     progress: Optional[bool] = None,
 ) -> AttributionGraph:
     """The attribution graph of ``prompt`` through ``transcoders`` (one per layer), pruned.
@@ -358,7 +360,7 @@ def _disabled(progress: Optional[bool]) -> Optional[bool]:
     return None if progress is None else not progress
 
 
-def _check_fraction(name: str, value: float, upper_open: bool = False) -> None:
+def _check_fraction(name: str, value: Any, upper_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 or (upper_open and value == 1):
         allowed = "[0, 1)" if upper_open else "[0, 1]"
         raise InterpError(f"{name} {value!r} out of range: give a fraction in {allowed}")

@@ -23,7 +23,7 @@ sort of ``n_nodes²`` scores is what runs out of memory on long prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from jaxtyping import Bool, Float
@@ -37,7 +37,7 @@ __all__ = ["find_threshold", "StreamingInfluence", "prune", "graph_scores", "cum
 ROW_FLOOR = 1e-10
 
 
-def find_threshold(scores: Float[Tensor, " n"], threshold: float, *, bins: int = 4096) -> float:
+def find_threshold(scores: Float[Tensor, " n"], threshold: Union[int, float], *, bins: int = 4096) -> float:
     """The smallest score circuit-tracer keeps so that the kept scores hold ``threshold`` of the total.
 
     circuit-tracer sorts the scores in descending order and returns the first whose cumulative

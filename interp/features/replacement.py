@@ -306,7 +306,7 @@ class Replacement:
         change of the transcoder's skip term, and edit set ``e`` adds ``coef × (source's vector)`` for
         each ``(source node, coef)``. Returns ``{"pre": [E, n_features]`` pre-activations,
         ``"logits": [E, n_logits]`` logits minus their mean (for ``logit_ids``), and each of ``reads``
-        (``(hook name, layer)`` pairs such as ``("q", 1)``) as ``[E, ...]``}. ``extra_hooks``: more
+        (``(short hook name, layer)`` pairs such as ``("q", 1)``) by its short name, ``[E, ...]``}. ``extra_hooks``: more
         ``(name, fn)`` hooks for the run (e.g. one query or key set from another run).
         """
         model, L = self.model, self.n_layers
@@ -375,7 +375,7 @@ class Replacement:
                 if len(sel):
                     h = self.saes[layer].encode_pre(self.bindings[layer].input(x_new[layer])).to(self.dtype)
                     pre[:, sel] = h[:, f[sel, 1], f[sel, 2]]
-        out = {"pre": pre, **{key: v for key, v in read.items()}}
+        out = {"pre": pre, **{w: read[(w, layer)] for w, layer in reads}}
         if logit_ids is not None:
             out["logits"] = logits[:, logit_ids] - logits.mean(-1, keepdim=True)
         return out
