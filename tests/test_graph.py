@@ -18,10 +18,11 @@ from interp.features import SAE, SAEConfig
 from interp.features.graph import attribution_graph, verify_edges
 from interp.features.replacement import Replacement
 from interp.features.transcoders import fold_transcoder, load_transcoders
-from interp.testing import random_gpt2_hf
+from interp.testing import word_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit_tracer"
 PROMPT = [0, 5, 9, 3, 5, 9]
+LONG = [0, 5, 9, 3, 5, 9, 12, 7, 30, 2, 21, 5]  # ≥ 8 tokens: backward passes over the prompt's prefixes too
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,10 @@ def fixture_models():
 @pytest.mark.parametrize("fold", [False, True], ids=["raw", "folded"])
 def test_every_kept_edge_equals_the_freeze_and_intervene_oracle(fold, fixture_models):
     model, tcs = fixture_models[fold]
-    g = attribution_graph(model, tcs, torch.tensor(PROMPT), node_threshold=0.9, edge_threshold=0.99, progress=False)
+    g = attribution_graph(model, tcs, torch.tensor(LONG), node_threshold=0.7, edge_threshold=0.95, progress=False)
     df = verify_edges(model, tcs, g)
     assert len(df) == g.n_edges > 100
+    assert set(g.edge_targets.tolist()) & set(range(g.n_features)) and (g.features[:, 1] < 6).any()
     big = df["oracle"].abs() > 1e-9
     assert df.loc[big, "rel_error"].max() < 1e-5
     assert (df.loc[~big, "abs_error"] < 1e-12).all()
@@ -65,8 +67,16 @@ def test_edges_and_constants_add_up_to_every_target(fixture_models):
 
 
 def relu_model_and_exact_transcoders(fold_ln: bool):
-    hf, tok = random_gpt2_hf(seed=4, n_layer=2, n_head=2, n_embd=16, vocab_size=60, activation_function="relu")
-    model = interp.load(hf.double(), tokenizer=tok, fold_ln=fold_ln, dtype="float64")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(4)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=16, vocab_size=32,
+                                    activation_function="relu", bos_token_id=0, eos_token_id=0)).double().eval()
+    with torch.no_grad():  # random LayerNorm gains and biases, every bias random
+        for name, p in hf.named_parameters():
+            if name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype))
+    model = interp.load(hf, tokenizer=word_tokenizer(), fold_ln=fold_ln, dtype="float64")
     tcs = []
     for layer in range(2):
         cfg = SAEConfig("standard", d_in=16, d_sae=64, hook_name=f"blocks.{layer}.ln2.hook_normalized",
@@ -85,7 +95,7 @@ def relu_model_and_exact_transcoders(fold_ln: bool):
 @pytest.mark.parametrize("fold", [False, True], ids=["raw", "folded"])
 def test_transcoders_that_are_the_mlps_leave_no_error(fold):
     model, tcs = relu_model_and_exact_transcoders(fold)
-    prompt = torch.tensor([0, 3, 17, 42, 3, 17, 8])
+    prompt = torch.tensor([0, 3, 17, 22, 3, 17, 8, 11, 5])
     rep = Replacement(model, tcs, prompt)
     assert rep.errors.abs().max() < 1e-12
     g = attribution_graph(model, tcs, prompt, progress=False)
@@ -97,7 +107,7 @@ def test_transcoders_that_are_the_mlps_leave_no_error(fold):
 def test_the_graph_is_the_same_in_both_weight_modes():
     raw, tcs = relu_model_and_exact_transcoders(False)
     folded, tcs_folded = relu_model_and_exact_transcoders(True)
-    prompt = torch.tensor([0, 3, 17, 42, 3, 17, 8])
+    prompt = torch.tensor([0, 3, 17, 22, 3, 17, 8, 11, 5])
     # the transcoders in each mode compute the same function; perturb both alike so that errors are not zero
     for a, b in zip(tcs, tcs_folded):
         with torch.no_grad():

@@ -220,7 +220,8 @@ def attribution_graph(
         max_n_logits, desired_logit_prob: the logit nodes: the most likely tokens at the last
             position, until their probability reaches ``desired_logit_prob``, at most ``max_n_logits``.
         node_threshold, edge_threshold: circuit-tracer's pruning (fractions of the influence kept).
-        batch_size: targets per backward pass (memory grows with it: ``batch_size`` copies of the prompt).
+        batch_size: targets per backward pass (each pass is vectorised over its targets; fewer on long
+            prompts, to keep a pass's gradients within about 1 GB).
         keep_all: keep the whole adjacency matrix (``graph.adjacency``): small graphs only.
         cache_mb: memory for adjacency rows kept from the first pass, so that edge pruning does not
             recompute them (the most influential rows are kept).
@@ -277,22 +278,23 @@ def attribution_graph(
 
     encoders = {int(i): v for i, v in zip(feat_order, rep.encoder(feat_order))} if nf else {}
     bar = tqdm(total=len(order), desc="attribution rows", unit="row", disable=_disabled(progress), leave=False)
-    rep.build(min(batch_size, len(order)))
+    B = _batch(model, P, batch_size, len(order))
+    # Runs of the prompt's first eighth, quarter, …, too: a target at position p needs the first p + 1
+    # tokens only, and each layer's targets are taken in position order.
+    rep.build(B, prefixes=[-(-P * i // 8) for i in range(1, 8)] if P >= 8 else ())
     stream = StreamingInfluence(w, S, kinds.error_slice)
     dense = torch.zeros(N, S, dtype=rep.dtype) if keep_all else None
     cache, heap, budget, used = {}, [], cache_mb * 2**20, 0
     row_bytes = S * rep.dtype.itemsize
     layers = kinds.layer
-    for start in range(0, len(order), rep.batch):
-        chunk = order[start:start + rep.batch]
+    for chunk in _chunks(order, layers[order], B):  # one layer's targets (or the logits), in position order
         rows = rep.rows([target(int(n)) for n in chunk])
-        for a, b in _layer_runs(layers[chunk]):
-            coef = stream.coefficient(chunk[a:b])
-            stream.add(chunk[a:b], rows[a:b])
-            if dense is not None:
-                dense[chunk[a:b]] = rows[a:b]
-                continue
-            for j, c in zip(range(a, b), coef.tolist()):  # keep the most influential rows within the budget
+        coef = stream.coefficient(chunk)
+        stream.add(chunk, rows)
+        if dense is not None:
+            dense[chunk] = rows
+        else:
+            for j, c in enumerate(coef.tolist()):  # keep the most influential rows within the budget
                 node = int(chunk[j])
                 heapq.heappush(heap, (c, node))
                 cache[node] = rows[j].clone()
@@ -319,8 +321,8 @@ def attribution_graph(
             sub[j] = row[sub_s]
     bar.reset(total=len(missing))
     bar.set_description("kept rows")
-    for start in range(0, len(missing), rep.batch):
-        js = missing[start:start + rep.batch]
+    missing_t = torch.tensor(missing, dtype=torch.long)
+    for js in _chunks(missing_t, layers[sub_t[missing_t]] if missing else layers[:0], B):
         sub[js] = rep.rows([target(int(sub_t[j])) for j in js])[:, sub_s]
         bar.update(len(js))
     bar.close()
@@ -348,6 +350,22 @@ def attribution_graph(
         edge_threshold=edge_threshold, replacement_score=replacement, completeness_score=completeness,
         pruned_replacement_score=p_rep, pruned_completeness_score=p_comp, adjacency=adjacency, info=info,
     )
+
+
+def _batch(model, n_pos: int, batch_size: int, n_rows: int, budget_mb: float = 1024) -> int:
+    """Targets per backward pass: ``batch_size``, fewer where one pass's gradients would exceed ``budget_mb``
+    (each target carries, per layer, a few ``[pos, d_model]`` gradients and one ``[n_heads, pos, pos]``)."""
+    c = model.cfg
+    per_target = ((c.n_layers + 8) * n_pos * c.d_model + 2 * c.n_heads * n_pos**2) * model.W_E.dtype.itemsize
+    fits = int(budget_mb * 2**20 // per_target)
+    return max(1, min(batch_size, n_rows, fits))
+
+
+def _chunks(nodes: Tensor, layers: Tensor, size: int):
+    """``nodes`` in consecutive pieces of at most ``size`` that never span two layers."""
+    for a, b in _layer_runs(layers):
+        for start in range(a, b, size):
+            yield nodes[start:min(start + size, b)]
 
 
 def _describe(saes) -> str:

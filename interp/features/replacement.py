@@ -17,10 +17,13 @@ token embeddings made a leaf. A backward pass from a target — a feature's enco
 its layer's transcoder input, a logit's unembedding direction (minus the mean over the
 vocabulary) at the final LayerNorm's output — gives the gradient at every MLP output and
 embedding, and the edge from a source is that gradient dotted with the source's vector
-(activation × decoder vector, error vector, token embedding). Like circuit-tracer, one forward
-pass of ``batch`` copies of the prompt is kept and each backward pass computes ``batch`` targets'
-rows at once; unlike it, the contraction with the sources is one batched matrix product per
-layer (no ``[batch, features, d_model]`` gather).
+(activation × decoder vector, error vector, token embedding). Each backward pass computes many
+targets' rows at once. circuit-tracer runs ``batch`` copies of the prompt forward for that and
+keeps them; here one run is kept and the backward pass is vectorised over the targets
+(``is_grads_batched``), so memory does not grow with the batch; a target at position ``p`` goes
+back through a run of the prompt's first ``p + 1`` tokens only (runs of a few prefixes are kept);
+and the contraction with the sources is one batched matrix product per layer (no
+``[batch, features, d_model]`` gather).
 
 The first position (BOS) carries no feature or error nodes (circuit-tracer's convention: its
 residual stream is an outlier); its MLP output counts as a constant, like the biases.
@@ -96,7 +99,7 @@ class Replacement:
         self.errors = torch.stack([p.error for p in self.parts])
         self.n_features = len(f)
         self._layouts = [self._layout(layer) for layer in range(self.n_layers)]
-        self._graph: Optional[dict] = None
+        self._graphs: Optional[list] = None
 
     # ------------------------------------------------------------------ the parts
     def _parts(self, layer: int, act_in: Tensor, mlp_out: Tensor) -> Parts:
@@ -184,11 +187,21 @@ class Replacement:
         return out
 
     # ------------------------------------------------------------------ the gradient pass
-    def build(self, batch: int, sites: Sequence[Site] = ()) -> None:
-        """Run ``batch`` copies of the prompt through the frozen model once, keeping the graph for :meth:`rows`.
+    def build(self, batch: int, sites: Sequence[Site] = (), *, prefixes: Optional[Sequence[int]] = None) -> None:
+        """Run the prompt through the frozen model once, keeping the autograd graph for :meth:`rows`.
 
-        ``sites``: extra places targets will be injected (``("q", L)``, ``("k", L)``).
+        ``batch``: targets per backward pass (each pass is vectorised over its targets,
+        ``torch.autograd.grad(..., is_grads_batched=True)``: one copy of the prompt is kept, not one per
+        target). ``sites``: extra places targets will be injected (``("q", L)``, ``("k", L)``).
+        ``prefixes``: also keep runs of the prompt's first ``n`` tokens for each ``n`` given (attention is
+        causal, so a target at position ``p`` needs only the first ``p + 1``: its backward pass over a
+        shorter run does less work; :meth:`rows` picks the shortest run that holds its targets).
         """
+        lengths = sorted({int(n) for n in (prefixes or ()) if 0 < int(n) < self.n_pos} | {self.n_pos})
+        self._batch = int(batch)
+        self._graphs = [self._build_one(n, sites) for n in lengths]
+
+    def _build_one(self, n_pos: int, sites: Sequence[Site]) -> dict:
         model, L = self.model, self.n_layers
         store: dict = {}
 
@@ -233,22 +246,24 @@ class Replacement:
                 hooks.append((hk.name(kind, layer), keep((kind, layer), False)))
             elif kind not in ("x", "lnf"):
                 raise InterpError(f"unknown target site {kind!r}")
-        final = [(hk.GLOBAL_HOOKS["ln_final_scale"], detach), (hk.GLOBAL_HOOKS["ln_final"], keep(("lnf", None), False))]
         with torch.enable_grad():
-            tokens = self.tokens[None].expand(batch, -1)
+            tokens = self.tokens[None, :n_pos]
             resid = model.forward(tokens, hooks=hooks, stop_at_layer=L)
-            model.unembed(resid[:, -1:], model.hook_table(final))
-        self._graph = {"store": store, "batch": batch}
+            if n_pos == self.n_pos:  # the logits' site: the final LayerNorm at the last position
+                final = [(hk.GLOBAL_HOOKS["ln_final_scale"], detach),
+                         (hk.GLOBAL_HOOKS["ln_final"], keep(("lnf", None), False))]
+                model.unembed(resid[:, -1:], model.hook_table(final))
+        return {"store": store, "n_pos": n_pos}
 
     def release(self) -> None:
-        """Drop the kept forward pass (its memory)."""
-        self._graph = None
+        """Drop the kept forward passes (their memory)."""
+        self._graphs = None
 
     @property
     def batch(self) -> int:
-        if self._graph is None:
+        if not self._graphs:
             raise InterpError("build() the gradient pass first")
-        return self._graph["batch"]
+        return self._batch
 
     def rows(self, targets: Sequence[tuple[Site, tuple, Tensor]]) -> Float[Tensor, "k n_sources"]:
         """Direct effects of every source on each target: one backward pass, ``len(targets) ≤ batch``.
@@ -257,43 +272,48 @@ class Replacement:
         feature of layer 3, ``(("lnf", None), (0,), unembedding_direction)`` for a logit,
         ``(("q", 2), (pos, head), one_hot_over_d_head)`` for a query component.
         """
-        if self._graph is None:
+        if not self._graphs:
             raise InterpError("build() the gradient pass first")
-        store, B = self._graph["store"], self._graph["batch"]
-        if not 0 < len(targets) <= B:
-            raise InterpError(f"{len(targets)} targets for a pass of {B}")
+        need = max(self.n_pos if site[0] == "lnf" else index[0] + 1 for site, index, _ in targets)
+        graph = next(g for g in self._graphs if g["n_pos"] >= need)
+        store, k = graph["store"], len(targets)
+        if not 0 < k <= self._batch:
+            raise InterpError(f"{k} targets for passes of {self._batch}")
         by_site: dict = {}
         for b, (site, index, vec) in enumerate(targets):
             by_site.setdefault(tuple(site), []).append((b, index, vec))
         outputs, grads = [], []
         top = 0
         for site, entries in by_site.items():
-            act = store[site]
-            g = torch.zeros_like(act)
+            act = store[site]  # [1, ...]: the one run; the gradients carry the targets along a batch dimension
+            g = act.new_zeros(k, *act.shape)
             for b, index, vec in entries:
-                g[(b, *index)] = vec.to(g.dtype)
+                g[(b, 0, *index)] = vec.to(g.dtype)
             outputs.append(act)
             grads.append(g)
             top = max(top, self.n_layers if site[0] == "lnf" else site[1])
         inputs = [store[("out", layer)] for layer in range(top)] + [store["embed"]]
-        got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True)
-        return self._assemble(got[:-1], got[-1], len(targets))
+        got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True)
+        got = [None if t is None else t[:, 0] for t in got]
+        return self._assemble(got[:-1], got[-1], k, graph["n_pos"])
 
-    def _assemble(self, outs: Sequence[Optional[Tensor]], embed: Optional[Tensor], k: int) -> Tensor:
+    def _assemble(self, outs: Sequence[Optional[Tensor]], embed: Optional[Tensor], k: int, n: int) -> Tensor:
+        """Rows ``[k, n_sources]`` from the gradients at each MLP output and at the embeddings (positions < n)."""
         nf, L, P = self.n_features, self.n_layers, self.n_pos
-        rows = torch.zeros(k, nf + L * P + P, dtype=self.dtype)
+        rows_t = torch.zeros(nf + L * P + P, k, dtype=self.dtype)  # sources × targets: whole rows written at once
         for layer, g in enumerate(outs):
             if g is None:
                 continue
             g = g[:k]
             lay = self._layouts[layer]
             if lay["width"]:
-                prod = torch.bmm(g.transpose(0, 1), lay["vectors"].transpose(1, 2))  # [pos, k, width]
-                rows[:, lay["rows"]] = prod[lay["pos"], :, lay["slot"]].T
-            rows[:, nf + layer * P: nf + (layer + 1) * P] = (g * self.errors[layer]).sum(-1)
+                prod = torch.bmm(g.transpose(0, 1), lay["vectors"][:n].transpose(1, 2))  # [n, k, width]
+                sel = lay["pos"] < n
+                rows_t[lay["rows"][sel]] = prod[lay["pos"][sel], :, lay["slot"][sel]]
+            rows_t[nf + layer * P: nf + layer * P + n] = (g * self.errors[layer, :n]).sum(-1).T
         if embed is not None:
-            rows[:, nf + L * P:] = (embed[:k] * self.embeddings).sum(-1)
-        return rows
+            rows_t[nf + L * P: nf + L * P + n] = (embed[:k] * self.embeddings[:n]).sum(-1).T
+        return rows_t.T
 
     # ------------------------------------------------------------------ the oracle: freeze and intervene
     def frozen(self, edits: Sequence[Sequence[tuple[int, float]]], *, reads: Sequence[tuple[str, int]] = (),
