@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 __all__ = ["graph_svg", "graph_html", "FEATURE_LINK"]
 
 FEATURE_LINK = "features.html#L{layer}F{feature}"
+#: At most this many nodes are drawn in one (layer, position) cell, the most influential (the tables list all).
+MAX_PER_CELL = 40
 POSITIVE, NEGATIVE = "#1d4ed8", "#c2410c"
 COL_MIN, ROW_H, MARGIN_L, MARGIN_T, R_MIN, R_MAX, LOGIT_STEP = 96, 92, 78, 84, 4.0, 15.0, 84
 
@@ -51,7 +53,7 @@ def _model_name(g) -> str:
     return os.path.basename(str(g.info.get("model", "")).rstrip("/")) or "model"
 
 
-def _layout(g, max_per_cell: int = 12):
+def _layout(g, max_per_cell: int = MAX_PER_CELL):
     """Kept node -> (x, y, radius); the picture's width, height, column width and the row of each layer."""
     kept = g.node_mask.nonzero().squeeze(1).tolist()
     L, P = g.n_layers, g.n_pos
@@ -99,12 +101,14 @@ def graph_svg(g, *, max_edges: int = 400, feature_link: Optional[str] = FEATURE_
     drawn = idx[:max_edges]
     biggest = max([abs(float(g.edge_weights[k])) for k in drawn] + [1e-12])
     n_feat_kept = int(g.node_mask[: g.n_features].sum())
+    n_feat_drawn = sum(1 for i in pos if i < g.n_features)
     scores = ""
     if g.replacement_score is not None:
         scores = (f" · replacement {g.replacement_score:.3f}, completeness {g.completeness_score:.3f}"
                   f" (pruned: {g.pruned_replacement_score:.3f}, {g.pruned_completeness_score:.3f})")
     head = title or f"Attribution graph · {_model_name(g)}"
-    summary = (f"{n_feat_kept} of {g.n_features} features · {len(idx)} edges kept"
+    drawn_note = f" ({n_feat_drawn} drawn)" if n_feat_drawn < n_feat_kept else ""
+    summary = (f"{n_feat_kept} of {g.n_features} features kept{drawn_note} · {len(idx)} edges kept"
                + (f" ({len(drawn)} strongest drawn)" if len(drawn) < len(idx) else "") + scores)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            'font-family="Helvetica, Arial, sans-serif" role="img">',
@@ -221,8 +225,11 @@ _PAGE = """<!DOCTYPE html>
 
 
 def graph_html(g, *, qk: Sequence = (), feature_link: Optional[str] = FEATURE_LINK, max_edges: int = 400,
-               top_pairs: int = 15) -> str:
-    """The picture, a table of the kept features and edges, and any QK decompositions, as one page needing nothing else."""
+               top_pairs: int = 15, table_edges: int = 2000) -> str:
+    """The picture, a table of the kept features and edges, and any QK decompositions, as one page needing nothing else.
+
+    The edge table lists the ``table_edges`` strongest kept edges (the JSON holds them all).
+    """
     n_feat = g.n_features
     feats = [i for i in g.node_mask.nonzero().squeeze(1).tolist() if i < n_feat]
     if g.influence is not None:
@@ -237,12 +244,16 @@ def graph_html(g, *, qk: Sequence = (), feature_link: Optional[str] = FEATURE_LI
         node_rows.append(f'<tr><td class="l">{name}</td><td>{n["pos"]}</td><td class="l">{_esc(_show(n["token"]))}</td>'
                          f'<td>{float(g.activations[i]):.3f}</td><td>{inf}</td></tr>')
     order = sorted(range(g.n_edges), key=lambda k: -abs(float(g.edge_weights[k])))
+    more = len(order) - table_edges
+    order = order[:table_edges]
     edge_rows = []
     for k in order:
         s, t, wt = int(g.edge_sources[k]), int(g.edge_targets[k]), float(g.edge_weights[k])
         ns, nt = g.node(s), g.node(t)
         edge_rows.append(f'<tr><td class="l">{_esc(ns["label"])} @{ns["pos"]}</td><td class="l">{_esc(nt["label"])} '
                          f'@{nt["pos"]}</td><td class="{"pos" if wt >= 0 else "neg"}">{wt:+.4f}</td></tr>')
+    if more > 0:
+        edge_rows.append(f'<tr><td class="l" colspan="3">… and {more} weaker edges (all are in the graph\'s JSON)</td></tr>')
     qk_html = "".join(_qk_section(d, top_pairs) for d in qk)
     digest = lambda text: base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()  # noqa: E731
     csp = (f"default-src 'none'; style-src 'sha256-{digest(_CSS)}'; script-src 'sha256-{digest(_JS)}'; "
