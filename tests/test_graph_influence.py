@@ -79,8 +79,10 @@ def test_pruning_equals_circuit_tracers_masks(slug, tag):
     mask[kinds.token_slice] = True
     mask[kinds.logit_slice] = True
     sub_t = order[mask[order]]
-    sub_s = mask[: kinds.n_sources].nonzero().squeeze(1)
-    pr = prune(s.influence, sub_t, sub_s, A[sub_t][:, sub_s], w, kinds, mask.clone(), t_node, edge_threshold)
+    reads = []
+    pr = prune(lambda js: reads.append(len(js)) or A[sub_t[js], : kinds.n_sources], sub_t, mask[: kinds.n_sources], w,
+               kinds, mask.clone(), t_node, edge_threshold, chunk=7)
+    assert sum(reads) == 2 * len(sub_t) and max(reads) <= 7  # every kept row read twice, in chunks, never stored
     assert torch.equal(pr.node_mask, t["node_mask" + tag].bool())
     assert set(zip(pr.targets.tolist(), pr.sources.tolist())) == set(map(tuple, t["edges" + tag].long().tolist()))
     assert torch.equal(pr.weights, A[pr.targets, pr.sources])
@@ -163,7 +165,7 @@ def test_pruning_equals_the_dense_specification_on_random_graphs(seed):
     mask = s.influence >= t_node
     mask[kinds.token_slice] = True
     mask[kinds.logit_slice] = True
-    sub_t, sub_s = order[mask[order]], mask[:S].nonzero().squeeze(1)
-    pr = prune(s.influence, sub_t, sub_s, A[sub_t][:, sub_s], w, kinds, mask.clone(), t_node, et)
+    sub_t = order[mask[order]]
+    pr = prune(lambda js: A[sub_t[js], :S], sub_t, mask[:S], w, kinds, mask.clone(), t_node, et)
     assert torch.equal(pr.node_mask, ref_nodes)
     assert set(zip(pr.targets.tolist(), pr.sources.tolist())) == set(map(tuple, ref_edges.nonzero().tolist()))

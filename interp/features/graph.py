@@ -310,25 +310,33 @@ def attribution_graph(
     node_mask[kinds.token_slice] = True
     node_mask[kinds.logit_slice] = True
     sub_t = order[node_mask[order]]
-    sub_s = node_mask[:S].nonzero().squeeze(1)
-    sub = torch.empty(len(sub_t), len(sub_s), dtype=rep.dtype)
-    missing = []
-    for j, node in enumerate(sub_t.tolist()):
-        row = dense[node] if dense is not None else cache.get(node)
-        if row is None:
-            missing.append(j)
-        else:
-            sub[j] = row[sub_s]
-    bar.reset(total=len(missing))
-    bar.set_description("kept rows")
-    missing_t = torch.tensor(missing, dtype=torch.long)
-    for js in _chunks(missing_t, layers[sub_t[missing_t]] if missing else layers[:0], B):
-        sub[js] = rep.rows([target(int(sub_t[j])) for j in js])[:, sub_s]
+    recomputed = [0]
+    bar.reset(total=2 * len(sub_t))
+    bar.set_description("kept rows (twice)")
+
+    def kept_rows(js: Tensor) -> Tensor:
+        """The rows of targets sub_t[js] (one layer's): from the cache, else recomputed."""
+        out = torch.empty(len(js), S, dtype=rep.dtype)
+        need = []
+        for i, j in enumerate(js.tolist()):
+            node = int(sub_t[j])
+            row = dense[node] if dense is not None else cache.get(node)
+            if row is None:
+                need.append(i)
+            else:
+                out[i] = row
+        for start in range(0, len(need), B):
+            part = need[start:start + B]
+            out[part] = rep.rows([target(int(sub_t[js[i]])) for i in part])
+        recomputed[0] += len(need)
         bar.update(len(js))
+        return out
+
+    chunk = max(1, min(256, 2**26 // (8 * S)))  # 64 MB of float64 rows at a time
+    pr = prune(kept_rows, sub_t, node_mask[:S], w, kinds, node_mask.clone(), t_node, edge_threshold, chunk=chunk)
     bar.close()
     rep.release()
     cache.clear()
-    pr = prune(influence, sub_t, sub_s, sub, w, kinds, node_mask.clone(), t_node, edge_threshold)
     replacement, completeness = graph_scores(influence, stream.error_share, w, kinds)
     p_rep, p_comp = sparse_graph_scores(pr.targets, pr.sources, pr.weights.to(torch.float64), w, kinds)
     adjacency = None
@@ -338,7 +346,7 @@ def attribution_graph(
     tok = model.tokenizer
     str_tokens = [tok.decode([int(t)]) for t in tokens]
     info = {"model": model.cfg.name, "fold_ln": bool(model.cfg.fold_ln), "dtype": str(rep.dtype).replace("torch.", ""),
-            "transcoders": _describe(rep.saes), "seconds": time.perf_counter() - t0, "rows_recomputed": len(missing),
+            "transcoders": _describe(rep.saes), "seconds": time.perf_counter() - t0, "rows_recomputed": recomputed[0],
             "node_threshold_value": t_node, "edge_threshold_value": pr.edge_threshold_value,
             "scan": next((s.cfg.metadata.get("scan") for s in rep.saes if s.cfg.metadata.get("scan")), None)}
     return AttributionGraph(

@@ -15,9 +15,12 @@ The same numbers without the dense matrix: the graph is a DAG whose targets can 
 that every node's outgoing edges are seen before its own row (logits, then features from the last
 layer down), so ``I_t = Σ_s … `` is final when row ``t`` is computed and
 ``I += (w_t + I_t)·Â[t]`` accumulates the influence row by row (:class:`StreamingInfluence`);
-nothing of the row needs to be kept. :func:`find_threshold` finds circuit-tracer's threshold
-without sorting everything (a histogram of the scores, then a sort of one bin): circuit-tracer's
-sort of ``n_nodes²`` scores is what runs out of memory on long prompts.
+nothing of the row needs to be kept. Edge pruning (:func:`prune`) reads the kept targets' rows
+twice in the same order — once for the pruned influence and a histogram of the edge scores, once
+to keep the edges above the threshold found there — so it holds only the kept edges.
+:func:`find_threshold` finds circuit-tracer's threshold without sorting everything (a histogram,
+then a sort of one bin): circuit-tracer's sort of ``n_nodes²`` scores is what runs out of memory
+on long prompts.
 """
 
 from __future__ import annotations
@@ -137,48 +140,94 @@ class Pruned:
     edge_threshold_value: float
 
 
-def prune(influence: Tensor, sub_targets: Tensor, sub_sources: Tensor, sub: Float[Tensor, "t s"],
-          weights: Tensor, kinds: "NodeKinds", node_mask: Tensor, node_threshold_value: float,
-          edge_threshold: float) -> Pruned:
-    """circuit-tracer's edge pruning, on the kept nodes' submatrix ``sub`` (rows ``sub_targets``, columns ``sub_sources``).
+#: Edge scores are binned by their log10, BINS_PER_DECADE to a decade between 10**LOG_LO and 10**LOG_HI.
+LOG_LO, LOG_HI, BINS_PER_DECADE = -40.0, 10.0, 256
 
-    ``sub_targets`` must be in the streaming order (logits, then features from the last layer
-    down). ``node_mask`` is the node pruning's result (modified in place as nodes lose their edges).
+
+def _score_bins(scores: Tensor) -> Tensor:
+    n = int((LOG_HI - LOG_LO) * BINS_PER_DECADE)
+    return ((torch.log10(scores) - LOG_LO) * BINS_PER_DECADE).floor().clamp(0, n - 1).long()
+
+
+def prune(rows, sub_targets: Tensor, kept_sources: Tensor, weights: Tensor, kinds: "NodeKinds", node_mask: Tensor,
+          node_threshold_value: float, edge_threshold: float, chunk: int = 256) -> Pruned:
+    """circuit-tracer's edge pruning without its matrix: the kept targets' rows are read twice, never stored.
+
+    ``rows(js)`` returns the adjacency rows ``[len(js), n_sources]`` of targets ``sub_targets[js]``;
+    ``sub_targets`` are the targets kept by node pruning in the streaming order (logits, then
+    features from the last layer down) and ``kept_sources`` the kept source nodes (a mask).
+    ``node_mask`` is the node pruning's result (modified in place as nodes lose their edges).
+
+    First pass: each row restricted to the kept sources and normalised gives the pruned influence
+    (final for a target when its row comes) and its edges' scores ``Â'[t, s]·(I'_t + w_t)``, counted
+    in a histogram of their log. The histogram says in which bin the edge threshold lies; the second
+    pass keeps the edges above that bin and sorts the few inside it. Memory: the kept edges.
     """
     w = weights.to(torch.float64)
     inf2 = torch.zeros(len(w), dtype=torch.float64)
-    a = sub.abs().to(torch.float64)
-    a /= a.sum(1, keepdim=True).clamp(min=ROW_FLOOR)
-    # Pruned influence, row by row (each row's coefficient is final when its turn comes).
-    scores = torch.empty_like(a)
-    for start, stop in _layer_runs(kinds.layer[sub_targets]):
-        rows = slice(start, stop)
-        c = w[sub_targets[rows]] + inf2[sub_targets[rows]]
-        inf2[sub_sources] += c @ a[rows]
-        scores[rows] = a[rows] * c[:, None]
-    # circuit-tracer thresholds every entry of the n² matrix; the ones outside the kept nodes are 0.
-    n_zero = len(w) ** 2 - scores.numel()
-    flat = scores.reshape(-1)
-    t = find_threshold(flat if n_zero == 0 else torch.cat([flat, flat.new_zeros(1)]), edge_threshold)
-    if t <= 0:
-        raise InterpError(f"edge_threshold {edge_threshold} keeps every entry of the matrix, zeros included: use < 1")
-    edge = scores >= t
+    coef = torch.zeros(len(sub_targets), dtype=torch.float64)
+    n_bins = int((LOG_HI - LOG_LO) * BINS_PER_DECADE)
+    mass = torch.zeros(n_bins, dtype=torch.float64)
+    keep = kept_sources.to(torch.float64)
+    runs = [(a + i, min(a + i + chunk, b)) for a, b in _layer_runs(kinds.layer[sub_targets]) for i in range(0, b - a, chunk)]
+
+    def normalised(a: int, b: int) -> tuple[Tensor, Tensor]:
+        r = rows(torch.arange(a, b)).to(torch.float64)
+        x = r.abs() * keep
+        return r, x / x.sum(1, keepdim=True).clamp(min=ROW_FLOOR)
+
+    for a, b in runs:  # pruned influence, row by row (each row's coefficient is final when its turn comes)
+        _, x = normalised(a, b)
+        c = w[sub_targets[a:b]] + inf2[sub_targets[a:b]]
+        coef[a:b] = c
+        inf2[: x.shape[1]] += c @ x
+        sc = x * c[:, None]
+        pos = sc > 0
+        mass.index_add_(0, _score_bins(sc[pos]), sc[pos])
+    # circuit-tracer thresholds every entry of the n² matrix (zeros included, which change nothing below 1).
+    total = float(mass.sum())
+    target = edge_threshold * total
+    above = mass.flip(0).cumsum(0).flip(0)
+    if total <= 0:
+        raise InterpError("the pruned graph has no edges left")
+    k = int((above >= target).nonzero().max()) if bool((above >= target).any()) else 0
+    rest = float(above[k + 1]) if k + 1 < n_bins else 0.0
+    sure_t, sure_s, sure_w, cand = [], [], [], []
+    for a, b in runs:
+        r, x = normalised(a, b)
+        sc = x * coef[a:b, None]
+        pos = sc > 0
+        bins = torch.full_like(sc, -1, dtype=torch.long)
+        bins[pos] = _score_bins(sc[pos])
+        ti, si = (bins > k).nonzero(as_tuple=True)
+        sure_t.append(sub_targets[a + ti]), sure_s.append(si), sure_w.append(r[ti, si])
+        ti, si = (bins == k).nonzero(as_tuple=True)
+        cand.append((sub_targets[a + ti], si, r[ti, si], sc[ti, si]))
+    ct, cs, cw, cv = (torch.cat(x) for x in zip(*cand)) if cand else [torch.zeros(0)] * 4
+    order = torch.sort(cv, descending=True).indices
+    cum = cv[order].cumsum(0) + rest
+    idx = int(torch.searchsorted(cum, torch.tensor([target], dtype=cum.dtype))) if len(cum) else 0
+    t_edge = float(cv[order][min(idx, len(cv) - 1)]) if len(cv) else float("inf")
+    inside = cv >= t_edge
+    T = torch.cat([*sure_t, ct[inside].long()])
+    S = torch.cat([*sure_s, cs[inside].long()])
+    W = torch.cat([*sure_w, cw[inside].to(torch.float64)])
     # Features and errors keep an outgoing edge, features an incoming one, until nothing changes.
-    src_prunable = kinds.prunable_source[sub_sources]
-    tgt_feature = kinds.is_feature[sub_targets]
+    prunable, feature = kinds.prunable_source, kinds.is_feature
     while True:
         before = node_mask.clone()
-        out_any = edge.any(0)
-        in_any = edge.any(1)
-        node_mask[sub_sources[src_prunable]] &= out_any[src_prunable]
-        feat_rows = tgt_feature.nonzero().squeeze(1)
-        node_mask[sub_targets[feat_rows]] &= in_any[feat_rows]
+        has_out = torch.zeros_like(node_mask)
+        has_out[S] = True
+        has_in = torch.zeros_like(node_mask)
+        has_in[T] = True
+        node_mask &= ~prunable | has_out
+        node_mask &= ~feature | has_in
         if torch.equal(before, node_mask):
             break
-        edge &= node_mask[sub_targets][:, None] & node_mask[sub_sources][None, :]
-    edge &= node_mask[sub_targets][:, None] & node_mask[sub_sources][None, :]
-    ti, si = edge.nonzero(as_tuple=True)
-    return Pruned(node_mask, sub_targets[ti], sub_sources[si], sub[ti, si], node_threshold_value, t)
+        alive = node_mask[T] & node_mask[S]
+        T, S, W = T[alive], S[alive], W[alive]
+    order = torch.argsort(T * len(w) + S)
+    return Pruned(node_mask, T[order], S[order], W[order], node_threshold_value, t_edge)
 
 
 def _layer_runs(layers: Tensor) -> list[tuple[int, int]]:
