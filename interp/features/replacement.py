@@ -54,7 +54,7 @@ Site = tuple
 class Parts:
     """A layer's pieces on the prompt, in the model's own basis (its weight mode)."""
 
-    acts: Tensor  # [pos, d_sae] feature activations (position 0 zeroed)
+    acts: Optional[Tensor]  # [pos, d_sae] feature activations (position 0 zeroed); dropped once laid out
     encoder: Tensor  # [n_active_ids, d_model] encoder directions of the active feature ids, at the input hook
     decoder: Tensor  # [n_active_ids, d_model] decoder vectors of the active ids, in the model's basis at hook_mlp_out
     ids: Tensor  # [n_active_ids] the active feature ids (rows of encoder/decoder)
@@ -99,6 +99,8 @@ class Replacement:
         self.errors = torch.stack([p.error for p in self.parts])
         self.n_features = len(f)
         self._layouts = [self._layout(layer) for layer in range(self.n_layers)]
+        for p in self.parts:
+            p.acts = None  # [pos, d_sae] each: what they held is in features, activations and the layouts
         self._graphs: Optional[list] = None
 
     # ------------------------------------------------------------------ the parts
@@ -145,7 +147,11 @@ class Replacement:
         return enc, dec
 
     def _layout(self, layer: int) -> dict:
-        """Layer ``layer``'s active features laid out by position, padded, for one batched product per backward."""
+        """Layer ``layer``'s active features laid out by position (padded), for one batched product per backward.
+
+        Only indices and activations are kept per active feature; the decoder vectors stay one per
+        active feature id (``parts[layer].decoder``), so memory does not grow with positions × d_model.
+        """
         p = self.parts[layer]
         f = self.features
         rows = (f[:, 0] == layer).nonzero().squeeze(1)  # global node indices of this layer's features
@@ -153,12 +159,14 @@ class Replacement:
         counts = torch.bincount(pos, minlength=self.n_pos)
         width = int(counts.max()) if len(rows) else 0
         slot = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        vectors = torch.zeros(self.n_pos, max(width, 1), self.d_model, dtype=self.dtype)
         where = torch.searchsorted(p.ids, fid)
-        vectors[pos, slot] = p.decoder[where] * p.acts[pos, fid][:, None]
-        targets = torch.zeros(len(rows), self.d_model, dtype=self.dtype)
-        targets[:] = p.encoder[where]
-        return {"rows": rows, "pos": pos, "slot": slot, "vectors": vectors, "width": width, "encoder": targets}
+        act = p.acts[pos, fid]
+        idx_pad = torch.zeros(self.n_pos, max(width, 1), dtype=torch.long)
+        act_pad = torch.zeros(self.n_pos, max(width, 1), dtype=self.dtype)
+        idx_pad[pos, slot] = where
+        act_pad[pos, slot] = act
+        return {"rows": rows, "pos": pos, "slot": slot, "width": width, "where": where, "act": act,
+                "idx_pad": idx_pad, "act_pad": act_pad}
 
     def source_vectors(self, node: int) -> tuple[str, int, Tensor]:
         """What source node ``node`` adds to the model and where: (hook name, position, vector)."""
@@ -167,7 +175,7 @@ class Replacement:
             layer, pos, fid = self.features[node].tolist()
             lay = self._layouts[layer]
             i = int((lay["rows"] == node).nonzero())
-            return self.out_names[layer], pos, lay["vectors"][pos, lay["slot"][i]]
+            return self.out_names[layer], pos, self.parts[layer].decoder[lay["where"][i]] * lay["act"][i]
         if node < nf + L * P:
             layer, pos = divmod(node - nf, P)
             return self.out_names[layer], pos, self.errors[layer, pos]
@@ -183,7 +191,7 @@ class Replacement:
         for layer in layers.unique().tolist():
             lay = self._layouts[layer]
             sel = (layers == layer).nonzero().squeeze(1)
-            out[sel] = lay["encoder"][torch.searchsorted(lay["rows"], nodes[sel])]
+            out[sel] = self.parts[layer].encoder[lay["where"][torch.searchsorted(lay["rows"], nodes[sel])]]
         return out
 
     # ------------------------------------------------------------------ the gradient pass
@@ -307,7 +315,8 @@ class Replacement:
             g = g[:k]
             lay = self._layouts[layer]
             if lay["width"]:
-                prod = torch.bmm(g.transpose(0, 1), lay["vectors"][:n].transpose(1, 2))  # [n, k, width]
+                vectors = self.parts[layer].decoder[lay["idx_pad"][:n]] * lay["act_pad"][:n, :, None]  # [n, width, d]
+                prod = torch.bmm(g.transpose(0, 1), vectors.transpose(1, 2))  # [n, k, width]
                 sel = lay["pos"] < n
                 rows_t[lay["rows"][sel]] = prod[lay["pos"][sel], :, lay["slot"][sel]]
             rows_t[nf + layer * P: nf + layer * P + n] = (g * self.errors[layer, :n]).sum(-1).T
