@@ -54,47 +54,59 @@ def _model_name(g) -> str:
 
 
 def _layout(g, max_per_cell: int = MAX_PER_CELL):
-    """Kept node -> (x, y, radius); the picture's width, height, column width and the row of each layer."""
+    """Kept node -> (x, y, radius); the picture's width and height; each column's left edge and width.
+
+    A column is as wide as its most crowded cell needs (positions where little happens stay narrow);
+    the logits stand side by side in the top row, the likeliest above the last position.
+    """
     kept = g.node_mask.nonzero().squeeze(1).tolist()
     L, P = g.n_layers, g.n_pos
-    influence = g.influence if g.influence is not None else None
     cells: dict[tuple, list[int]] = {}
     for i in kept:
         n = g.node(i)
         row = {"token": 0, "logit": L + 1}.get(n["kind"], (n["layer"] or 0) + 1)
         cells.setdefault((row, n["pos"]), []).append(i)
+
     def strength(i):
         if i >= g.n_nodes - g.n_logits:
             return float(g.logit_probs[i - (g.n_nodes - g.n_logits)])
-        return float(influence[i]) if influence is not None and not math.isnan(float(influence[i])) else 0.0
-    widest = max([min(len(v), max_per_cell) for (r, _), v in cells.items() if 0 < r <= L] + [1])
-    col = max(COL_MIN, widest * (2 * R_MAX + 6) + 16, ((g.n_logits - 1) * LOGIT_STEP + 60) / max(P - 0.5, 0.5))
+        v = float(g.influence[i]) if g.influence is not None else 0.0
+        return 0.0 if math.isnan(v) else v
+
+    need = [max([min(len(v), max_per_cell) for (r, q), v in cells.items() if 0 < r <= L and q == p] + [0]) for p in range(P)]
+    widths = [max(COL_MIN, n * (2 * R_MAX + 6) + 16) for n in need]
+    room = (g.n_logits - 1) * LOGIT_STEP + 60  # the logits' row, leftwards from the last column's centre
+    spare = room - (sum(widths) - widths[-1] / 2)
+    if spare > 0:
+        widths = [w + spare / P for w in widths]
+    left = [MARGIN_L + sum(widths[:p]) for p in range(P)]
     top = max([strength(i) for i in kept if g.node(i)["kind"] in ("feature", "error")] + [1e-12])
     rows = L + 2
     height = MARGIN_T + rows * ROW_H + 60
-    width = MARGIN_L + P * col + 30
+    width = int(MARGIN_L + sum(widths) + 30)
     pos = {}
     for (row, p), nodes in cells.items():
         nodes = sorted(nodes, key=strength, reverse=True)
         y = MARGIN_T + (rows - 1 - row) * ROW_H + ROW_H / 2
+        centre = left[p] + widths[p] / 2
         if row == 0:  # tokens: a box under each column
-            pos[nodes[0]] = (MARGIN_L + p * col + col / 2, y, 0.0)
+            pos[nodes[0]] = (centre, y, 0.0)
             continue
         if row == L + 1:  # logits: side by side, the most likely above the last position, the others to its left
             for j, i in enumerate(nodes):
-                pos[i] = (MARGIN_L + p * col + col / 2 - j * LOGIT_STEP, y, 0.0)
+                pos[i] = (centre - j * LOGIT_STEP, y, 0.0)
             continue
         shown = nodes[:max_per_cell]
-        step = (col - 16) / max(len(shown), 1)
+        step = (widths[p] - 16) / max(len(shown), 1)
         for j, i in enumerate(shown):
             r = R_MIN + (R_MAX - R_MIN) * math.sqrt(max(strength(i), 0.0) / top)
-            pos[i] = (MARGIN_L + p * col + 8 + step * (j + 0.5), y, r)
-    return pos, width, height, col
+            pos[i] = (left[p] + 8 + step * (j + 0.5), y, r)
+    return pos, width, height, (left, widths)
 
 
 def graph_svg(g, *, max_edges: int = 400, feature_link: Optional[str] = FEATURE_LINK, title: Optional[str] = None) -> str:
     """The graph as one SVG document (see the module docs)."""
-    pos, width, height, col = _layout(g)
+    pos, width, height, (left, widths) = _layout(g)
     L, P = g.n_layers, g.n_pos
     idx = [k for k in range(g.n_edges) if int(g.edge_sources[k]) in pos and int(g.edge_targets[k]) in pos]
     idx.sort(key=lambda k: -abs(float(g.edge_weights[k])))
@@ -125,11 +137,11 @@ def graph_svg(g, *, max_edges: int = 400, feature_link: Optional[str] = FEATURE_
         y = MARGIN_T + (rows - 1 - row) * ROW_H
         name = "tokens" if row == 0 else "logits" if row == L + 1 else f"L{row - 1}"
         fill = "#f9fafb" if row % 2 else "#ffffff"
-        out.append(f'<rect x="{MARGIN_L - 6}" y="{y}" width="{P * col + 12}" height="{ROW_H}" fill="{fill}"/>')
+        out.append(f'<rect x="{MARGIN_L - 6}" y="{y}" width="{sum(widths) + 12:.0f}" height="{ROW_H}" fill="{fill}"/>')
         out.append(f'<text x="{MARGIN_L - 14}" y="{y + ROW_H / 2 + 4}" font-size="12" text-anchor="end" '
                    f'fill="#374151">{name}</text>')
     for p in range(P):
-        x = MARGIN_L + p * col + col / 2
+        x = left[p] + widths[p] / 2
         out.append(f'<text x="{x:.1f}" y="{MARGIN_T + rows * ROW_H + 18}" font-size="11" text-anchor="middle" '
                    f'fill="#6b7280">{p}</text>')
     for k in sorted(drawn, key=lambda k: abs(float(g.edge_weights[k]))):  # strongest on top
