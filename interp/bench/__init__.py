@@ -177,15 +177,15 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     if threads:
         torch.set_num_threads(threads)
-    from . import (analyses, attribution, features, interventions, pages, startup,  # noqa: F401  (their sections
-                   tuned_lens)  # register in SECTIONS)
+    from . import (analyses, attribution, features, graph, interventions, pages, startup,  # noqa: F401  (their
+                   tuned_lens)  # sections register in SECTIONS)
 
     names = only or list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise InterpError(f"unknown benchmark section(s) {unknown}: choose from {', '.join(SECTIONS)}")
     ctx = Context(n_prompts, n_pos)
-    ctx.against = against  # a venv of a peer to measure against (the features section: sae-lens)
+    ctx.against = against  # a venv of a peer to measure against (features: sae-lens; graph: circuit-tracer)
     rows: list[Row] = []
     print(f"interp bench: random GPT-2 small shape, torch {torch.__version__}, {torch.get_num_threads()} threads")
     bar = tqdm(names, desc="bench", unit="section", disable=None if progress is None else not progress, leave=False)

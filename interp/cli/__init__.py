@@ -14,7 +14,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError, InterpWarning
-from . import ablate, check, circuits, compose, discovery, features, heads, lens, misc, ov, report, sae
+from . import ablate, check, circuits, compose, discovery, features, graph, heads, lens, misc, ov, report, sae
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "check-gpt2": (check.add, check.run),
     "sae": (sae.add, sae.run),
     "features": (features.add, features.run),
+    "graph": (graph.add, graph.run),
 }
 
 

