@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import InterpError
-from .export import new_file_mode, save_figure
+from .export import save_figure
 from .report.html import show_token
 
 __all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "logit_lens_figure", "spectra_figure", "save_spectra_figure", "pattern_figure",
-           "lines_figure", "write_figures", "stage_figures", "label_color"]
+           "lines_figure", "write_figures", "figure_files", "summary_figure", "label_color"]
 
 
 def _plt():
@@ -294,77 +294,46 @@ def lines_figure(r, i: int):
 def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> list:
     """Write each head's heatmap and line view (and the summary heatmaps) of a report into ``directory``.
 
-    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}``. The
-    set is drawn into a temporary directory beside ``directory`` first and moved in only when every
-    figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
-    of old and new figures). Returns the paths written.
+    Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}``. A missing
+    ``directory`` is created (its parent must exist). Every figure is drawn before any is moved in
+    (:class:`interp.export.Outputs`), so a failed export leaves ``directory`` as it was (never a mix of
+    old and new figures). Returns the paths written.
     """
-    staged = stage_figures(r, directory, fmt, progress)
-    try:
-        return staged.commit()
-    finally:
-        staged.discard()
+    from .export import Outputs, check_directory
+
+    directory = check_directory(directory)
+    out = Outputs()
+    for name, write in figure_files(r, fmt):
+        out.add(directory / name, write, f"{fmt} figures")
+    return out.commit(progress, desc=f"report {fmt}")
 
 
-class StagedFigures:
-    """A report's figures drawn into a temporary directory, waiting to be moved into place."""
-
-    def __init__(self, staging: Path, directory: Path, names: list[str]):
-        self.staging, self.directory, self.names = staging, directory, names
-
-    def commit(self) -> list[Path]:
-        """Move every figure into place (each a rename on the same file system)."""
-        mode = new_file_mode()
-        for name in self.names:
-            os.chmod(self.staging / name, mode)
-        for name in self.names:
-            os.replace(self.staging / name, self.directory / name)
-        return [self.directory / name for name in self.names]
-
-    def discard(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def stage_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> StagedFigures:
-    """Draw a report's figures into a temporary directory beside ``directory`` (see :func:`write_figures`)."""
-    import tempfile
-
-    from tqdm.auto import tqdm
-
+def figure_files(r, fmt: str = "png") -> list[tuple[str, Callable[[Path], None]]]:
+    """A report's figures as ``(file name, write(path))``: each head's heatmap and line view, the summary."""
     if fmt not in ("png", "svg", "pdf"):
         raise InterpError(f"unknown image format {fmt!r}: use png, svg or pdf")
-    directory = _image_dir(directory)
-    staged = StagedFigures(Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent)), directory, [])
-    try:
-        for i in tqdm(range(len(r.heads)), desc=f"report {fmt}", disable=None if progress is None else not progress,
-                      leave=False):
-            layer, head = r.heads[i]
-            for kind, draw, dpi in (("pattern", pattern_figure, 150), ("lines", lines_figure, 120)):
-                name = f"L{layer}H{head}.{kind}.{fmt}"
-                save_figure(draw(r, i), staged.staging / name, dpi=dpi)
-                staged.names.append(name)
-        if r.scores is not None:
-            # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
-            heads_heatmap(r.scores, list(r.kinds), staged.staging / f"summary.{fmt}", title="head scores",
-                          n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
-            staged.names.append(f"summary.{fmt}")
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
+
+    def saver(draw: Callable[[], Any], dpi: int) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            fig = draw()
+            try:
+                fig.savefig(path, format=fmt, bbox_inches="tight", dpi=dpi)
+            finally:
+                _plt().close(fig)
+
+        return write
+
+    files = []
+    for i, (layer, head) in enumerate(r.heads):
+        files.append((f"L{layer}H{head}.pattern.{fmt}", saver(lambda i=i: pattern_figure(r, i), 150)))
+        files.append((f"L{layer}H{head}.lines.{fmt}", saver(lambda i=i: lines_figure(r, i), 120)))
+    if r.scores is not None:
+        files.append((f"summary.{fmt}", saver(lambda: summary_figure(r), 150)))
+    return files
 
 
-def _image_dir(directory) -> Path:
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InterpError(f"cannot write figures into {directory}: it is a file, not a directory")
-    parent = directory.parent if str(directory.parent) else Path(".")
-    if not directory.exists() and not parent.is_dir():
-        raise InterpError(f"cannot write figures into {directory}: directory {parent} does not exist")
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as e:
-        raise InterpError(f"cannot create the figure directory {directory}: {e.strerror}") from None
-    return directory
+def summary_figure(r):
+    """A report's head scores, layers × heads, one panel per kind, the report's heads outlined."""
+    # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
+    return heads_figure(r.scores, list(r.kinds), title="head scores", n_layers=r.n_layers, n_heads=r.n_heads,
+                        vmin=0.0, vmax=1.0)

@@ -16,9 +16,11 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs: clean and corrupted prompts of equal token lengths, paired")
     g.add_argument("--clean", action="append", default=[], metavar="TEXT", help="a clean prompt (repeat for more)")
     g.add_argument("--corrupted", action="append", default=[], metavar="TEXT", help="its corrupted partner")
-    g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line")
-    g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line")
-    t = g.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
+    g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line ('-' = stdin)")
+    g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line "
+                   "('-' = stdin)")
+    # A group of its own, not nested in the one above: argparse's --help leaves nested groups out.
+    t = p.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
     t.add_argument("--task", choices=list(TASKS),
                    help="induction: [BOS] r r[:-1], corrupted = another first half; induction-key: only the earlier "
                    "copy of the query token replaced (interp.probes.induction_pair); ioi (Wang et al. 2022); "
@@ -56,6 +58,14 @@ def _check_pair(args) -> None:
         raise InterpError("--contrast needs --target")
     check_file(args.clean_file, "--clean-file")
     check_file(args.corrupted_file, "--corrupted-file")
+    if args.clean_file == "-" and args.corrupted_file == "-":
+        raise InterpError("--clean-file and --corrupted-file cannot both be '-' (stdin): give one of them a file")
+    if args.clean_file:  # read now: an empty file is refused before the model loads
+        args.clean_lines = read_lines(args.clean_file, "--clean-file")
+        args.corrupted_lines = read_lines(args.corrupted_file, "--corrupted-file")
+        if len(args.clean_lines) != len(args.corrupted_lines):
+            raise InterpError(f"--clean-file has {len(args.clean_lines)} prompts but --corrupted-file has "
+                              f"{len(args.corrupted_lines)}: they pair by line")
 
 
 def _pair_and_metric(model, args):
@@ -72,10 +82,7 @@ def _pair_and_metric(model, args):
         metric = metrics.resolve_metric(model, task.metric)
         return cb, kb, metric, f"task {task.name} ({len(task)} pairs), metric {metric.name}"
     if args.clean_file:
-        clean, corrupted = read_lines(args.clean_file, "--clean-file"), read_lines(args.corrupted_file, "--corrupted-file")
-        if len(clean) != len(corrupted):
-            raise InterpError(f"--clean-file has {len(clean)} prompts but --corrupted-file has {len(corrupted)}: "
-                              "they pair by line")
+        clean, corrupted = args.clean_lines, args.corrupted_lines
     else:
         clean, corrupted = args.clean, args.corrupted
     cb, kb = paired_batches(model, clean, corrupted)
