@@ -124,6 +124,20 @@ def gpt2_tokenizer_dir(gpt2_tokenizer_files, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gpt2_vocab_dir(gpt2_tokenizer_files, tmp_path_factory):
+    """A small random GPT-2 (2 layers × 4 heads, d_model 32, context 128) with GPT-2's real tokenizer (vocab.json +
+    merges.txt): GPT-2's vocabulary, 50,257 tokens, without GPT-2's weights."""
+    return testing.write_random_gpt2_dir(tmp_path_factory.mktemp("gpt2_vocab"), seed=2, tokenizer="gpt2", n_layer=2,
+                                         n_head=4, n_embd=32, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab(gpt2_vocab_dir):
+    """:func:`gpt2_vocab_dir` loaded (LayerNorm folded)."""
+    return interp.load(gpt2_vocab_dir)
+
+
+@pytest.fixture(scope="session")
 def node():
     """The node executable (to run the package's own JavaScript encoder)."""
     found = shutil.which("node")
