@@ -58,10 +58,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    from ..loading import load
+    from ..loading import HubUnavailable, load
 
     try:
         return load(args.model, device=args.device, fold_ln=args.fold_ln)
+    except HubUnavailable as e:
+        raise InterpError(f"--model {args.model}: {HubUnavailable(e.name, f'--model ./{e.name}-local')}") from None
     except InterpError as e:
         raise InterpError(f"--model {args.model}: {e}") from None
 
