@@ -143,14 +143,17 @@ def run_patch(args: argparse.Namespace) -> int:
     if out.image:
         from ..plotting import heads_figure
 
+        # One scale for every effect (1 = the whole clean-corrupted gap), never fitted to the largest.
+        effect = dict(signed=True, limit=1.0, n_layers=model.cfg.n_layers,
+                      colorbar_label="effect (0 = corrupted run, 1 = clean run)")
         if by == "head":
-            fig = heads_figure(df.astype({"layer": int, "head": int}), ["effect"], signed=True,
-                               n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
-                               title=f"patching {args.site}: effect")
+            fig = heads_figure(df.astype({"layer": int, "head": int}), ["effect"], n_heads=model.cfg.n_heads,
+                               annotate=lambda v: f"{v:.2f}", title=f"activation patching of {args.site}, by head",
+                               **effect)
         else:  # layers × positions, drawn with the same helper (positions in the head column)
             grid = df.assign(head=df["position"]).astype({"layer": int, "head": int})
-            fig = heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
-                               title=f"patching {args.site}: effect (columns are positions)")
+            fig = heads_figure(grid, ["effect"], xlabel="position", title=f"activation patching of {args.site}, "
+                               "by layer and position", **effect)
         out.add_figure(fig)
     out.commit()
     return 0
@@ -194,8 +197,9 @@ def run_path_patch(args: argparse.Namespace) -> int:
         from ..plotting import heads_figure
 
         grid = df.rename(columns={"sender_layer": "layer", "sender_head": "head"})
-        out.add_figure(heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
+        out.add_figure(heads_figure(grid, ["effect"], signed=True, limit=1.0, n_layers=model.cfg.n_layers,
                                     n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
-                                    title=f"path patching into {df['receiver'].iloc[0]}"))
+                                    title=f"path patching into {df['receiver'].iloc[0]}", xlabel="sender head",
+                                    colorbar_label="effect (0 = corrupted run, 1 = clean run)"))
     out.commit()
     return 0

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.export import check_target
+from interp.tokenizer import display_token
 
 from .html import render
 
@@ -57,7 +58,9 @@ class Report:
     Attributes:
         model_name: the model's name (``model.cfg.name``).
         fold_ln: whether LayerNorm was folded (``model.cfg.fold_ln``).
-        tokens: the prompt's tokens as text (BOS first), exactly as the tokenizer decodes them.
+        tokens: the prompt's tokens as text (BOS first), as the tokenizer decodes them; a token that is
+            only part of a character's UTF-8 bytes (GPT-2 writes 日 as two tokens) as those bytes
+            (``\\xe6\\x97``: :func:`interp.tokenizer.display_token`), never "�".
         heads: the chosen ``(layer, head)`` pairs, in display order.
         reasons: why each head was chosen, one line each.
         patterns: the chosen heads' attention patterns (masked future entries are 0).
@@ -248,7 +251,7 @@ def build_report(
             f"(limit {MAX_REPORT_BYTES / 1e6:.0f} MB): choose fewer heads or a shorter prompt"
         )
     return Report(
-        model_name=str(model.cfg.name), fold_ln=bool(model.cfg.fold_ln), tokens=model.to_str_tokens(tokens[0]),
+        model_name=str(model.cfg.name), fold_ln=bool(model.cfg.fold_ln), tokens=[display_token(model.tokenizer, i) for i in tokens[0].tolist()],
         heads=chosen, reasons=reasons, patterns=_patterns(model, tokens, chosen), scores=scores,
         scores_source=source, kinds=kinds, n_layers=L, n_heads=H, line_top_k=int(line_top_k),
         line_min_weight=float(line_min_weight),
