@@ -145,3 +145,32 @@ def test_tasks_refuse_bad_requests_with_gpt2s_vocabulary(gpt2_vocab):
         tasks.induction(gpt2_vocab, half=64)
     with pytest.raises(InterpError, match="corrupt must be 'half' or 'key'"):
         tasks.induction(gpt2_vocab, corrupt="all")
+
+
+def test_the_gpt2_circuits_of_the_docs_run_on_gpt2s_vocabulary(gpt2_tokenizer_files, tmp_path, monkeypatch, capsys):
+    """`interp circuit --task ioi|greater-than` exactly as docs/discovery.md writes them, on a one-layer random model
+    with GPT-2's real tokenizer in place of GPT-2's weights (the docs give the GPT-2-small-shaped run's time)."""
+    import json
+    import re
+    import shlex
+    from pathlib import Path
+
+    from interp.cli import main
+    from interp.testing import write_random_gpt2_dir
+
+    gpt2_vocab_dir = write_random_gpt2_dir(tmp_path / "model", seed=6, tokenizer="gpt2", n_layer=1, n_head=2, n_embd=16,
+                                           n_positions=32)
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "discovery.md").read_text(encoding="utf-8")
+    lines = re.findall(r"^interp circuit --task (?:ioi|greater-than) .*$", page, re.M)
+    assert len(lines) == 2, lines
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        argv = [str(gpt2_vocab_dir) if w == "./gpt2-local" else w for w in shlex.split(line)[1:]]
+        assert main([*argv, "--quiet"]) == 0
+        out = capsys.readouterr().out
+        task = argv[argv.index("--task") + 1]
+        assert f"task {task} (8 pairs)" in out and "faithfulness" in out
+        data = json.loads(Path(argv[argv.index("--out") + 1]).read_text())
+        assert data["edges"] and all(e["sender"] and e["receiver"] for e in data["edges"])
+        assert Path(argv[argv.index("--svg") + 1]).read_text().startswith("<svg")
