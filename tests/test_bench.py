@@ -51,6 +51,6 @@ def test_info_prints_the_shape_and_hook_points(planted_dir, capsys):
     assert main(["info", "--model", planted_dir]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "2 layers × 4 heads, d_model 256, vocab 32, context 32, fold_ln=True" in out[0]
-    assert out[1].startswith("35 hook points, e.g. hook_embed, hook_pos_embed, blocks.0.hook_resid_pre,")
+    assert out[1] == "35 hook points: every layer L of 0–1 has 16 ('blocks.L.' + each of these)"
     assert main(["info", "--model", planted_dir, "--no-fold-ln"]) == 0
     assert "fold_ln=False" in capsys.readouterr().out

@@ -107,10 +107,15 @@ class _Stdout(io.TextIOBase):
 
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+    guarded = _Stdout(sys.stdout)
+    stdout, sys.stdout = sys.stdout, guarded
     try:
         return _main(argv)
-    finally:
+    finally:  # --help exits from inside argparse: its text goes out (or is dropped) here too
+        try:
+            guarded.flush()
+        except InterpError:
+            pass
         sys.stdout = stdout
 
 
