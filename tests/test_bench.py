@@ -41,6 +41,18 @@ def test_a_section_runs_and_prints_its_ratio(capsys, monkeypatch):
     assert re.search(r"our forward / HF eager forward \(2×16\)\s+\d+\.\d{3}×   \[\d+\.\d\ds vs \d+\.\d\ds\]", out)
 
 
+def test_the_lens_section_runs_on_the_shortest_prompts(capsys, monkeypatch):
+    """--pos 3 (BOS + r + r, the shortest every section takes); the lens section imports DLA from analyses.dla."""
+    from interp import testing
+
+    monkeypatch.setattr(testing, "random_gpt2_small_hf", lambda seed=0: testing.random_gpt2_hf(seed, vocab_size=50257))
+    rows = bench.run(["lens"], n_prompts=1, n_pos=3, progress=False)
+    out = capsys.readouterr().out
+    assert rows and [r.section for r in rows] == ["lens"] * len(rows) and all(r.line() in out for r in rows)
+    with pytest.raises(InterpError, match="n_pos 2: give 3 to 1024 tokens"):
+        bench.run(["lens"], n_pos=2)
+
+
 def test_unknown_sections_are_refused():
     with pytest.raises(InterpError, match=r"unknown benchmark section\(s\) \['nope'\]: choose from .*forward"):
         bench.run(["nope"])

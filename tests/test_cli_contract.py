@@ -257,7 +257,7 @@ def test_a_closed_pipe_in_a_real_process(planted_dir, tmp_path):
     (["report", "a b", "--out", "r.html", "--csv", "r.html"], "--csv and --out name the same file r.html"),
     (["report", "a b", "--out", "figs", "--png-dir", "figs"], "--out and --png-dir name the same file figs"),
     (["circuit", "--task", "induction", "--out", "c.json", "--html", "c.json"], "--html c.json: give a .html file name"),
-    (["bench", "--only", "forward", "--pos", "100000"], "--pos 100000: give 2 to 1024 tokens"),
+    (["bench", "--only", "forward", "--pos", "100000"], "--pos 100000: give 3 to 1024 tokens"),
 ])
 def test_more_bad_outputs_and_sizes_are_refused_first(no_model, tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -76,10 +76,11 @@ def blocks(page: Path) -> list[dict]:
             continue
         before = text[: m.start()].rstrip()
         directive = None
-        if before.endswith("-->"):
-            d = DIRECTIVE.search(before[before.rfind("<!--"):])
-            assert d, f"{page.name}: a comment before the block at line {text[:m.start()].count(chr(10)) + 1} " \
-                      "is not a docs-test directive (fails \"MESSAGE\" or skip \"REASON\")"
+        comment = before[before.rfind("<!--"):] if before.endswith("-->") else ""
+        if "docs-test:" in comment:  # other comments are the page's own business
+            d = DIRECTIVE.search(comment)
+            assert d, f"{page.name}: the docs-test directive before the block at line " \
+                      f"{text[:m.start()].count(chr(10)) + 1} is neither fails \"MESSAGE\" nor skip \"REASON\""
             directive = (d.group(1), d.group(2))
         found.append({"line": text[: m.start()].count("\n") + 1, "directive": directive,
                       "commands": _console(lines) if console else [(c, None) for c in _commands(lines)]})
@@ -89,9 +90,9 @@ def blocks(page: Path) -> list[dict]:
 def _commands(lines: list[str]) -> list[str]:
     commands, current = [], ""
     for line in lines:
-        current += line.rstrip()
-        if current.endswith("\\"):
-            current = current[:-1] + " "
+        current = f"{current} {line.strip()}" if current else line.rstrip()
+        if current.endswith("\\"):  # continued on the next line
+            current = current[:-1].rstrip()
             continue
         if shlex.split(current, comments=True):
             commands.append(current)
@@ -160,6 +161,41 @@ def matches(shown: list[str], printed: list[str]) -> bool:
             return False
         at += len(c)
     return True
+
+
+def test_reading_a_page(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("""Run `interp lens "a b" --top 2` or just `interp patch`; `interp bench --only ov` takes minutes.
+
+<!-- a note for writers -->
+```bash
+interp heads --top 3   # a comment
+interp ablate --scan \\
+    --by layer
+```
+
+<!-- docs-test: fails "does not exist" (GPT-2) -->
+```console
+$ interp heads --model ./gpt2-local
+```
+
+```
+$ interp compose --top 1
+K-composition
+...
+```
+
+```python
+interp.load("gpt2")
+```
+""")
+    found = sorted(blocks(page), key=lambda b: b["line"])
+    assert [(b["directive"], b["commands"]) for b in found] == [
+        (None, [('interp lens "a b" --top 2', None)]),
+        (None, [("interp heads --top 3   # a comment", None), ("interp ablate --scan --by layer", None)]),
+        (("fails", "does not exist"), [("interp heads --model ./gpt2-local", [])]),
+        (None, [("interp compose --top 1", ["K-composition", "..."])]),
+    ]
 
 
 def test_matching_rules():

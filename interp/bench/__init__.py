@@ -139,8 +139,8 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     from ..errors import InterpError
 
-    if not 2 <= n_pos <= N_CTX:
-        raise InterpError(f"n_pos {n_pos}: give 2 to {N_CTX} tokens per prompt (GPT-2 small's context window)")
+    if not 3 <= n_pos <= N_CTX:
+        raise InterpError(f"n_pos {n_pos}: give 3 to {N_CTX} tokens per prompt (BOS + r + r; GPT-2 small's context window)")
     if threads:
         torch.set_num_threads(threads)
     from . import analyses, attribution, interventions, startup  # noqa: F401  (their sections register in SECTIONS)

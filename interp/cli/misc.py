@@ -33,7 +33,7 @@ def add_bench(sub) -> None:
     p.add_argument("--only", help="comma-separated sections (default: all)")
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
     p.add_argument("--pos", type=count("a number of tokens"), default=256,
-                   help="tokens per prompt, 2 to 1024 (GPT-2 small's context window; default 256)")
+                   help="tokens per prompt, 3 to 1024 (GPT-2 small's context window; default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
     add_progress(p)
 
@@ -42,8 +42,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from .. import bench
     from ..errors import InterpError
 
-    if not 2 <= args.pos <= bench.N_CTX:
-        raise InterpError(f"--pos {args.pos}: give 2 to {bench.N_CTX} tokens (the benchmark model is GPT-2 small's "
+    if not 3 <= args.pos <= bench.N_CTX:
+        raise InterpError(f"--pos {args.pos}: give 3 to {bench.N_CTX} tokens (the benchmark model is GPT-2 small's "
                           f"shape, context window {bench.N_CTX})")
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
