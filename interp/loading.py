@@ -205,6 +205,16 @@ def _weights_source(path: Path):
     raise InterpError(f"{path} has no weights: expected model.safetensors (or pytorch_model.bin)")
 
 
+class HubUnavailable(InterpError):
+    """A hub model that is not in the local cache, with no network to fetch it."""
+
+    def __init__(self, name: str, how: str = ""):
+        self.name = name
+        how = how or f"interp.load('/path/to/{name}')"
+        super().__init__(f"{name!r} is not in the local Hugging Face cache and the hub cannot be reached (offline); "
+                         f"download it on a machine with a network and pass its directory: {how} (docs/models.md)")
+
+
 def _hub_snapshot(name: str) -> Path:
     """The local directory of a hub repository's files (downloaded if needed and possible)."""
     try:
@@ -219,10 +229,7 @@ def _hub_snapshot(name: str) -> Path:
             w in f"{type(e).__name__} {e}".lower() for w in ("connect", "offline", "localentrynotfound")
         )
         if offline:
-            raise InterpError(
-                f"{name!r} is not in the local Hugging Face cache and the hub cannot be reached (offline); "
-                f"download it on a machine with a network and pass its directory: interp.load('/path/to/{name}')"
-            ) from None
+            raise HubUnavailable(name) from None
         raise InterpError(f"cannot load {name!r} from the Hugging Face hub: {_one_line(e)}") from None
 
 

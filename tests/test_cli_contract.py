@@ -6,6 +6,8 @@ one line on stderr naming the option and the value, nothing on stdout, no file w
 """
 
 import io
+import os
+import subprocess
 import sys
 
 import pytest
@@ -170,3 +172,159 @@ def test_a_failing_figure_leaves_no_table(planted_dir, tmp_path, monkeypatch, ca
     assert "No space left on device" in capsys.readouterr().err
     assert old.read_text() == "the old table\n" and not (tmp_path / "h.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.csv"]  # no temporary left behind
+
+
+# ---------------------------------------------------------------------------- streams: stdin, pipes, full disks
+@pytest.mark.parametrize("argv, option", [
+    (["heads", "--prompts-file", "-"], "--prompts-file"),
+    (["heads", "--document", "-"], "--document"),
+    (["report", "--file", "-", "--out", "r.html"], "--file"),
+    (["ablate", "--heads", "0.1", "--text", "-"], "--text"),
+    (["ov", "--rank", "1", "--text", "-"], "--text"),
+    (["patch", "--clean-file", "-", "--corrupted-file", "t.txt"], "--clean-file"),
+    (["circuit", "--clean-file", "t.txt", "--corrupted-file", "-", "--out", "c.json"], "--corrupted-file"),
+])
+def test_a_closed_stdin_is_one_line_before_the_model(no_model, tmp_path, monkeypatch, capsys, argv, option):
+    monkeypatch.setattr(cli.discovery, "load_model", lambda args: (_ for _ in ()).throw(ModelLoaded(args.model)))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("a b c\n")
+    monkeypatch.setattr(sys, "stdin", None)  # what Python makes of `<&-`
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == f"interp {argv[0]}: error: {option} -: stdin is closed; pipe the text in or give a file"
+
+
+def test_stdin_is_read_once_for_two_options(planted_dir, tmp_path, monkeypatch, capsys):
+    """ablate --text - --reference -: both are the piped text (a second read would find it empty)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a b c d e f g h a b c d e f g h\n"))
+    assert main(["ablate", "--model", planted_dir, "--heads", "0.0", "--method", "mean", "--text", "-",
+                 "--reference", "-", "--no-progress"]) == 0
+    assert "L0H0" in capsys.readouterr().out
+
+
+class _Stream(io.StringIO):
+    """A standard output whose reader has gone (EPIPE) or whose disk is full (ENOSPC)."""
+
+    def __init__(self, errno_):
+        super().__init__()
+        self.errno_ = errno_
+
+    def write(self, text):
+        raise OSError(self.errno_, os.strerror(self.errno_))
+
+    def flush(self):
+        raise OSError(self.errno_, os.strerror(self.errno_))
+
+
+def test_a_closed_pipe_ends_the_printout_not_the_command(planted_dir, tmp_path, monkeypatch, capsys):
+    """`interp patch --out p.csv | head -1`: the files are written all the same, no traceback, exit 0."""
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdout", _Stream(errno.EPIPE))
+    assert main(["patch", "--model", planted_dir, "--clean", "a b c d", "--corrupted", "a b d d", "--out", "p.csv",
+                 "--png", "p.png", "--no-progress"]) == 0
+    assert capsys.readouterr().err.splitlines() == ["wrote p.csv", "wrote p.png"]
+    assert (tmp_path / "p.csv").read_text().startswith("layer,head")
+
+
+def test_a_full_disk_on_stdout_is_one_line_and_writes_no_file(planted_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "h.csv").write_text("the old table\n")
+    monkeypatch.setattr(sys, "stdout", _Stream(errno.ENOSPC))
+    assert main(["heads", "--model", planted_dir, "--out", "h.csv", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "interp heads: error: cannot write to standard output: No space left on device\n"
+    assert (tmp_path / "h.csv").read_text() == "the old table\n" and os.listdir(tmp_path) == ["h.csv"]
+
+
+def test_a_closed_pipe_in_a_real_process(planted_dir, tmp_path):
+    """What only a process shows: Python's own flush at exit (no "Exception ignored … BrokenPipeError")."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # The reader is gone before anything is printed: every write fails with EPIPE.
+    p = subprocess.Popen([sys.executable, "-m", "interp.cli", "heads", "--model", planted_dir, "--out", "h.csv"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == "wrote h.csv\n", err
+    assert (tmp_path / "h.csv").read_text().startswith("layer,head")
+
+
+# ---------------------------------------------------------------------------- outputs: all or nothing, distinct
+@pytest.mark.parametrize("argv, message", [
+    (["report", "a b", "--out", "r.html", "--csv", "r.html"], "--csv and --out name the same file r.html"),
+    (["report", "a b", "--out", "figs", "--png-dir", "figs"], "--out and --png-dir name the same file figs"),
+    (["circuit", "--task", "induction", "--out", "c.json", "--html", "c.json"], "--html c.json: give a .html file name"),
+    (["bench", "--only", "forward", "--pos", "100000"], "--pos 100000: give 3 to 1024 tokens"),
+])
+def test_more_bad_outputs_and_sizes_are_refused_first(no_model, tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.discovery, "load_model", lambda args: (_ for _ in ()).throw(ModelLoaded(args.model)))
+    import interp.bench
+
+    monkeypatch.setattr(interp.bench, "Context", None)  # the bench builds no model either
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and message in err and len(err.strip().splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unwritable_figure_directory_is_refused_by_name(no_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figs").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == "figs" else real(p, mode))
+    assert main(["report", "a b", "--png-dir", "figs"]) == 2  # as root nothing is unwritable: say it is
+    assert capsys.readouterr().err.strip() == "interp report: error: --png-dir figs: directory figs is not writable"
+
+
+def test_a_report_that_fails_late_leaves_every_file_as_it_was(planted_dir, tmp_path, monkeypatch, capsys):
+    """The figure directory refuses the rename after the page and the CSV are ready: nothing changes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.html").write_text("the old report")
+    (tmp_path / "p.csv").write_text("the old patterns")
+    real = os.replace
+
+    def refuse(src, dst):
+        if "figs" in str(dst):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    argv = ["report", "a b c a b c", "--model", planted_dir, "--heads", "0.0", "--no-scores", "--no-progress",
+            "--out", "r.html", "--csv", "p.csv", "--svg-dir", "figs"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "interp report: error: cannot write figs/L0H0.pattern.svg: Permission denied\n"
+    assert sorted(os.listdir(tmp_path)) == ["p.csv", "r.html"]  # no new directory, no temporary file
+    assert (tmp_path / "r.html").read_text() == "the old report" and (tmp_path / "p.csv").read_text() == "the old patterns"
+    monkeypatch.setattr(os, "replace", real)
+    assert main(argv) == 0  # and when the renames work, everything is there
+    assert sorted(os.listdir(tmp_path / "figs")) == ["L0H0.lines.svg", "L0H0.pattern.svg"]
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+# ---------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_option_in_the_usage_is_in_the_help(command, capsys):
+    _, subparsers = cli.build_parser()
+    p = subparsers[command]
+    usage, text = p.format_usage(), p.format_help()
+    body = text[len(p.format_usage()):]
+    for option in {o for a in p._actions for o in a.option_strings}:
+        if option in usage:
+            assert f"  {option}" in body or f", {option}" in body, f"interp {command} --help leaves out {option}"
+
+
+def test_info_lists_every_hook_point(planted_dir, capsys):
+    import interp
+
+    assert main(["info", "--model", planted_dir]) == 0
+    out = capsys.readouterr().out
+    model = interp.load(planted_dir)
+    for name in model.hook_names:
+        suffix = name.split(".", 2)[2] if name.startswith("blocks.") else name
+        assert f"\n  {suffix}\n" in out, name
+    assert f"{len(model.hook_names)} hook points" in out and "…" not in out

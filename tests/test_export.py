@@ -131,3 +131,65 @@ def test_many_panels_wrap_into_a_grid(tmp_path, saved_figures):
     assert [ax.get_title() for ax in axes] == kinds and len(rows) == 2  # 3 × 2, not one long row
     img = assert_png(tmp_path / "g.png")
     assert img.shape[1] / img.shape[0] < 4  # readable proportions (six panels in a row were ~10:1)
+
+
+# ---------------------------------------------------------------------------- several files: all or nothing
+def test_several_outputs_are_written_together_or_rolled_back(tmp_path, monkeypatch):
+    from interp.export import Outputs
+
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "c.txt").write_text("old c")
+
+    def queue():
+        out = Outputs()
+        out.add(tmp_path / "a.txt", lambda tmp: tmp.write_text("new a"), "--out")
+        out.add(tmp_path / "new" / "b.txt", lambda tmp: tmp.write_text("new b"), "--png-dir")  # a new directory
+        out.add(tmp_path / "c.txt", lambda tmp: tmp.write_text("new c"), "--csv")
+        return out
+
+    real = os.replace
+    moves = []
+
+    def fail_on_c(src, dst):
+        if str(dst).endswith("c.txt") and str(src).endswith(".part"):
+            raise OSError(28, "No space left on device")
+        moves.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_on_c)
+    with pytest.raises(InterpError, match=r"cannot write .*c\.txt: No space left on device"):
+        queue().commit()
+    assert any(str(m).endswith("b.txt") for m in moves)  # a and b had been moved in: they were put back
+    assert (tmp_path / "a.txt").read_text() == "old a" and (tmp_path / "c.txt").read_text() == "old c"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt"]  # no new directory, no temporary
+    monkeypatch.setattr(os, "replace", real)
+    written = queue().commit()
+    assert [p.read_text() for p in written] == ["new a", "new b", "new c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "new"]
+
+
+def test_a_failed_render_moves_nothing(tmp_path):
+    from interp.export import Outputs
+
+    (tmp_path / "a.txt").write_text("old a")
+    out = Outputs()
+    out.add(tmp_path / "a.txt", lambda tmp: tmp.write_text("new a"))
+    out.add(tmp_path / "b.txt", lambda tmp: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        out.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old a"
+
+
+@pytest.mark.parametrize("files, dirs, message", [
+    ([("--out", "r.html"), ("--csv", "r.html")], [], "--csv and --out name the same file r.html"),
+    ([("--out", "figs")], [("--png-dir", "figs")], "--out and --png-dir name the same file figs"),
+    ([("--out", "figs")], [("--png-dir", "figs/sub")], "one would be the other's directory"),
+    ([("--out", "./x/r.html"), ("--csv", "x/r.html")], [], "name the same file"),
+])
+def test_two_outputs_naming_one_file_are_refused(tmp_path, monkeypatch, files, dirs, message):
+    from interp.export import check_distinct
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InterpError, match=message):
+        check_distinct(files, dirs)
+    check_distinct([("--out", "r.html"), ("--csv", "p.csv")], [("--png-dir", "figs"), ("--svg-dir", "figs")])  # fine

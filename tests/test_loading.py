@@ -248,3 +248,24 @@ def test_hub_names_resolve_through_the_local_cache(tmp_path, monkeypatch, hf_dir
     model = interp.load("gpt2-medium", fold_ln=False)
     assert model.cfg.name == "gpt2-medium" and model.cfg.n_layers == 2
     assert calls[0][0] == "gpt2-medium" and "model.safetensors" in calls[0][1] and "tokenizer.json" in calls[0][1]
+
+
+def test_gpt2s_tokenizer_in_either_layout(gpt2_vocab_dir, tmp_path):
+    """GPT-2's original release (vocab.json + merges.txt) and the hub's layout (tokenizer.json) load the same model."""
+    import shutil
+
+    from test_tokenizer import VARIED
+
+    hub = tmp_path / "hub"
+    shutil.copytree(gpt2_vocab_dir, hub)
+    old = interp.load(gpt2_vocab_dir)
+    (hub / "vocab.json").unlink()
+    (hub / "merges.txt").unlink()
+    old.tokenizer.to_hf().save_pretrained(hub)  # writes tokenizer.json (and its config)
+    assert (hub / "tokenizer.json").is_file() and not (hub / "merges.txt").exists()
+    new = interp.load(hub)
+    ids = old.tokenizer.encode(VARIED, add_special_tokens=False)
+    assert new.tokenizer.encode(VARIED, add_special_tokens=False) == ids and len(ids) > 250
+    assert old.tokenize("The cat sat on the floor").tokens.tolist() == [[50256, 464, 3797, 3332, 319, 262, 4314]]
+    assert torch.equal(new(old.tokenize(VARIED[:200]).tokens), old(old.tokenize(VARIED[:200]).tokens))
+    assert (old.cfg.d_vocab, old.tokenizer.bos_token_id, new.tokenizer.bos_token_id) == (50257, 50256, 50256)

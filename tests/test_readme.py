@@ -14,6 +14,7 @@ def test_the_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md (tour)", "exec"), {})
     printed = capsys.readouterr().out
     assert "previous_token" in printed and "induction" in printed and "L0H4" in printed
+    assert " x " not in printed and "..." not in printed, printed  # no table cut by pandas ("[5 rows x 10 columns]")
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 

@@ -136,9 +136,69 @@ def test_command_prints_the_table_and_exits_1_on_a_failure(planted_case, planted
     monkeypatch.setattr(selfcheck, "GPT2_SMALL", expected)
     assert main(["check-gpt2", "--model", planted_dir, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"self-check of {planted_dir} (Hugging Face's weights, fold_ln=False)\ncheck")
+    assert out.startswith(f"self-check of --model {planted_dir} (Hugging Face's weights, fold_ln=False)\ncheck")
     assert "L1H0 is a known induction head" in out and out.rstrip().endswith("checks passed")
     monkeypatch.setattr(selfcheck, "GPT2_SMALL", dataclasses.replace(expected, loss=expected.loss + 1.0))
     assert main(["check-gpt2", "--model", planted_dir, "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and out.rstrip().endswith("1 FAILED")
+
+
+# ---------------------------------------------------------------------------- GPT-2's tokenizer, random weights
+@pytest.fixture(scope="module")
+def gpt2_grid_dir(gpt2_tokenizer_files, tmp_path_factory):
+    """GPT-2 small's grid of heads (12 layers × 12 heads) at width 48, random weights, GPT-2's real tokenizer."""
+    from interp.testing import write_random_gpt2_dir
+
+    return write_random_gpt2_dir(tmp_path_factory.mktemp("gpt2_grid"), seed=4, tokenizer="gpt2", n_layer=12,
+                                 n_head=12, n_embd=48, n_positions=128)
+
+
+def test_gpt2s_tokenizer_passes_and_random_weights_fail(gpt2_grid_dir, monkeypatch, capsys):
+    """The tokenization rows need only GPT-2's tokenizer files: they pass; every number row fails but one
+    (query 0 of a pattern is 1 for any model)."""
+    grid = (12, 12, 48, 50257, 128)  # GPT-2 small's shape but for its width and context: the numbers are the same checks
+    monkeypatch.setattr(selfcheck, "GPT2_SMALL", dataclasses.replace(selfcheck.GPT2_SMALL, shape=grid))
+    assert main(["check-gpt2", "--model", str(gpt2_grid_dir), "--quiet"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    tokenizer = out[out.index("-- tokenization: GPT-2's tokenizer files, no weights involved") + 1:
+                    out.index("-- numbers: GPT-2 small's own weights")]
+    assert len(tokenizer) == 11 and all(line.split()[-1] != "FAILED" and " ok " in line for line in tokenizer)
+    assert "tokens of 'The cat sat on the floor'" in tokenizer[1] and "[464, 3797, 3332, 319, 262, 4314]" in tokenizer[1]
+    assert out[-3:] == ["tokenization: 11 of 11 checks passed", "numbers: 1 of 31 checks passed; 30 FAILED",
+                        "the tokenizer is GPT-2's; the numbers are not GPT-2 small's: are these its own weights? "
+                        f"(--model {gpt2_grid_dir}; docs/models.md, 'Self-check on real GPT-2')"]
+    assert out[0] == f"self-check of --model {gpt2_grid_dir} (Hugging Face's weights, fold_ln=False)"
+
+
+def test_a_tokenizer_that_is_not_gpt2s_fails_its_rows(gpt2_grid_dir, tmp_path, monkeypatch):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(gpt2_grid_dir, other)
+    merges = (other / "merges.txt").read_text().splitlines()
+    (other / "merges.txt").write_text("\n".join(merges[:1] + merges[2:]) + "\n")  # one merge (Ġ a) left out
+    model = interp.load(other, fold_ln=False)
+    e = dataclasses.replace(selfcheck.GPT2_SMALL, shape=None, heads=())
+    failed = [c.what for c in check_gpt2(model, e, progress=False) if c.group == "tokenizer" and not c.ok]
+    assert failed == ["tokens of 'The cat sat on the floor'", "tokens of 'The child sat on the'"]  # " sat on the": " a"
+
+
+def test_check_gpt2_needs_gpt2_small_and_says_how_to_get_it(monkeypatch, capsys):
+    import interp.cli.common
+
+    def no_load(args):
+        raise AssertionError("loaded a model the check cannot use")
+
+    monkeypatch.setattr(interp.cli.common, "load_model", no_load)
+    assert main(["check-gpt2", "--model", "interp-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("interp check-gpt2: error: --model interp-tiny: the self-check compares with GPT-2 small's "
+                   "published numbers: it needs GPT-2 small (12 layers × 12 heads, d_model 768, vocab 50257, context "
+                   "1024), not a model of 2 layers × 8 heads, d_model 128, vocab 4096, context 64 (docs/models.md "
+                   "says how to get GPT-2 small offline)\n")
+    monkeypatch.undo()
+    assert main(["check-gpt2"]) == 2  # --model gpt2, offline: the command-line way to give a directory
+    err = capsys.readouterr().err
+    assert err.startswith("interp check-gpt2: error: --model gpt2: 'gpt2' is not in the local Hugging Face cache")
+    assert err.endswith("pass its directory: --model ./gpt2-local (docs/models.md)\n") and "interp.load" not in err

@@ -87,3 +87,90 @@ def test_tasks_say_what_they_cannot_do_and_what_gpt2_small_does(planted):
         assert heads in tasks.PUBLISHED["ioi"]
     assert "5.5, 5.8, 5.9, 6.9" in tasks.PUBLISHED["induction"] and "2.2, 4.11" in tasks.PUBLISHED["induction"]
     assert set(tasks.TASKS) == {"induction", "induction-key", "ioi", "greater-than"}
+
+
+# ---------------------------------------------------------------------------- GPT-2's real vocabulary
+def test_ioi_on_gpt2s_vocabulary(gpt2_vocab, gpt2_tokenizer_files, node):
+    from test_tokenizer import js_encode
+
+    names = js_encode(node, gpt2_tokenizer_files, [" " + n for n in tasks.NAMES])
+    assert all(len(ids) == 1 for ids in names)  # GPT-2's own encoder: each of the 99 is one token
+    t = tasks.ioi(gpt2_vocab, n_prompts=8, seed=3)
+    cb, kb = paired_batches(gpt2_vocab, t.clean, t.corrupted)
+    diff = (cb.tokens != kb.tokens) & cb.attention_mask
+    assert diff.sum(-1).tolist() == [3] * 8  # ABC: exactly the three name tokens differ, token for token
+    by_name = dict(zip(tasks.NAMES, (ids[0] for ids in names)))
+    io_ids = [by_name[n.strip()] for n in t.info["io"]]
+    s_ids = [by_name[n.strip()] for n in t.info["s"]]
+    for row, last, io, s in zip(cb.tokens.tolist(), cb.last_positions.tolist(), io_ids, s_ids):
+        assert row.count(io) == 1 and row.count(s) == 2 and row[last] == 284  # " to" last: the IO comes next
+    assert t.metric.bind(gpt2_vocab)._ids[0].tolist() == io_ids
+
+
+def test_greater_than_on_gpt2s_vocabulary(gpt2_vocab, gpt2_tokenizer_files, node):
+    from test_tokenizer import js_encode
+
+    texts = [f" {c}{y:02d}" for c in tasks.CENTURIES for y in range(100)] + [f"{y:02d}" for y in range(100)]
+    ids = dict(zip(texts, js_encode(node, gpt2_tokenizer_files, texts)))
+    assert all(len(ids[f"{y:02d}"]) == 1 for y in range(100))  # every two-digit year is one token
+    # Hanna et al.'s usable start years by GPT-2's own encoder: " XX" then "YY", as " XX01" is.
+    split = {(c, y) for c in tasks.CENTURIES for y in range(2, 99)
+             if ids[f" {c}{y:02d}"] == ids[f" {c}01"][:1] + ids[f"{y:02d}"] and len(ids[f" {c}01"]) == 2}
+    assert tasks.year_split(gpt2_vocab) == split and len(split) == 618
+    assert len(ids[" 1700"]) == 1 and (11, 2) not in split and (17, 32) in split  # " 1700" one token; " 1102" not 11+02
+    t = tasks.greater_than(gpt2_vocab, n_prompts=40, seed=0)
+    assert t.info["yy"][:3] == [2, 3, 4]  # YY still balanced from 02 on
+    cb, kb = paired_batches(gpt2_vocab, t.clean, t.corrupted)
+    diff = (cb.tokens != kb.tokens) & cb.attention_mask
+    assert diff.sum(-1).tolist() == [1] * 40  # the start year's two digits, and nothing else
+    for clean, row, last, yy in zip(t.clean, cb.tokens.tolist(), cb.last_positions.tolist(), t.info["yy"]):
+        century = int(clean.split()[-1])
+        assert (century, yy) in split and row[last] == ids[f" {century}01"][0]  # the prompt ends with " 17"
+        assert row[last - 4] == ids[f"{yy:02d}"][0]  # "… year 17|32 to the year 17"
+
+
+def test_induction_on_gpt2s_vocabulary(gpt2_vocab):
+    t = tasks.induction(gpt2_vocab, n_prompts=4, half=12, seed=1)
+    assert t.clean.shape == t.corrupted.shape == (4, 24)
+    assert (t.clean[:, 0] == 50256).all() and not (t.clean[:, 1:] == 50256).any()  # BOS first, never inside
+    assert torch.equal(t.clean[:, 13:], t.clean[:, 1:12]) and int(t.clean[:, 1:].max()) < 50256
+
+
+def test_tasks_refuse_bad_requests_with_gpt2s_vocabulary(gpt2_vocab):
+    with pytest.raises(InterpError, match="order must be 'both', 'ABBA' or 'BABA', not 'AB'"):
+        tasks.ioi(gpt2_vocab, order="AB")
+    with pytest.raises(InterpError, match="n_prompts must be a positive int, not 0"):
+        tasks.greater_than(gpt2_vocab, n_prompts=0)
+    with pytest.raises(InterpError, match="half 64 too long: .* exceeds the context window of 128"):
+        tasks.induction(gpt2_vocab, half=64)
+    with pytest.raises(InterpError, match="corrupt must be 'half' or 'key'"):
+        tasks.induction(gpt2_vocab, corrupt="all")
+
+
+def test_the_gpt2_circuits_of_the_docs_run_on_gpt2s_vocabulary(gpt2_tokenizer_files, tmp_path, monkeypatch, capsys):
+    """`interp circuit --task ioi|greater-than` exactly as docs/discovery.md writes them, on a one-layer random model
+    with GPT-2's real tokenizer in place of GPT-2's weights (the docs give the GPT-2-small-shaped run's time)."""
+    import json
+    import re
+    import shlex
+    from pathlib import Path
+
+    from interp.cli import main
+    from interp.testing import write_random_gpt2_dir
+
+    gpt2_vocab_dir = write_random_gpt2_dir(tmp_path / "model", seed=6, tokenizer="gpt2", n_layer=1, n_head=2, n_embd=16,
+                                           n_positions=32)
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "discovery.md").read_text(encoding="utf-8")
+    lines = re.findall(r"^interp circuit --task (?:ioi|greater-than) .*$", page, re.M)
+    assert len(lines) == 2, lines
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        argv = [str(gpt2_vocab_dir) if w == "./gpt2-local" else w for w in shlex.split(line)[1:]]
+        assert main([*argv, "--quiet"]) == 0
+        out = capsys.readouterr().out
+        task = argv[argv.index("--task") + 1]
+        assert f"task {task} (8 pairs)" in out and "faithfulness" in out
+        data = json.loads(Path(argv[argv.index("--out") + 1]).read_text())
+        assert data["edges"] and all(e["sender"] and e["receiver"] for e in data["edges"])
+        assert Path(argv[argv.index("--svg") + 1]).read_text().startswith("<svg")

@@ -84,3 +84,70 @@ def test_unreadable_tokenizer_is_one_line(tmp_path):
     (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(InterpError, match="no tokenizer files"):
         Tokenizer.from_directory(tmp_path)
+
+
+# ---------------------------------------------------------------------------- GPT-2's own tokenizer
+# A text that exercises GPT-2's pre-tokenizer: contractions, runs of spaces before words and at the end,
+# tabs and newlines, digits, punctuation runs, accents, CJK, emoji (4-byte UTF-8), combining marks, code.
+VARIED = (
+    "The cat sat on the floor. It's what we'd've done -- isn't it?\n\n"
+    "  Two spaces,   three, and a tab\there.\r\nWindows line.\n"
+    "Numbers: 1732 to 17, 3.14159, 1,000,000 and 2023-12-06T14:20:00Z.\n"
+    "Naïve café, Straße, Ærøskøbing; ΑΒΓ αβγ; Москва; 日本語のテキスト; 한국어; عربى.\n"
+    "Emoji 🙂👍🏽 and 👩‍💻, symbols ©®™ §¶ ∑∫√ ≤≥ ±, e\u0301 (a combining accent).\n"
+    "def f(x):\n    return {'a': x ** 2, \"b\": [1, 2, 3]}  # comment\n"
+    "\tif (a && b || !c) { i++; }\n"
+    "URL https://example.com/a?b=c&d=e#f and @user #tag $5.00 100% ~/path/to_file.py\n"
+    "    trailing spaces    \n   \n"
+)
+# The ids of the seed (issue 27), as the course notes quote them.
+SEED_IDS = {"The cat sat on the floor": [464, 3797, 3332, 319, 262, 4314], " bed": [3996], " couch": [18507],
+            " ground": [2323], " edge": [5743], "<|endoftext|>": [50256]}
+
+
+def js_encode(node, package, texts: list) -> list:
+    """The package's own JavaScript encoder (an implementation interp did not write) on each text."""
+    import subprocess
+
+    script = ("const enc = require(process.argv[1]); const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "process.stdout.write(JSON.stringify(texts.map(t => enc.encode(t))));")
+    done = subprocess.run([node, "-e", script, str(package / "index.js")], input=json.dumps(texts), capture_output=True,
+                          text=True, check=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+def test_gpt2_tokenizer_equals_its_javascript_encoder(gpt2_tokenizer_dir, gpt2_tokenizer_files, node):
+    tok = Tokenizer.from_directory(gpt2_tokenizer_dir)
+    texts = [VARIED, *VARIED.splitlines(keepends=True), *SEED_IDS.keys() - {"<|endoftext|>"}]
+    theirs = js_encode(node, gpt2_tokenizer_files, texts)
+    ours = [tok.encode(t, add_special_tokens=False) for t in texts]
+    for text, a, b in zip(texts, ours, theirs):
+        assert a == b, text
+    assert len(ours[0]) > 250 and len(set(ours[0])) > 150  # a text long and varied enough to mean something
+    assert tok.decode(ours[0]) == VARIED  # byte-level BPE is lossless
+
+
+def test_gpt2_tokenizer_gives_the_seed_ids_and_handles_bos_as_gpt2(gpt2_tokenizer_dir, gpt2_tokenizer_files):
+    from transformers import GPT2Tokenizer
+
+    tok = Tokenizer.from_directory(gpt2_tokenizer_dir)
+    # transformers' pure-Python GPT2Tokenizer over the package's files: another implementation, and its special tokens
+    slow = GPT2Tokenizer(str(gpt2_tokenizer_files / "encoder.json"), str(gpt2_tokenizer_files / "vocab.bpe"))
+    for text, ids in SEED_IDS.items():
+        assert tok.encode(text, add_special_tokens=False) == ids == slow.encode(text), text
+        assert tok.decode(ids) == text
+    assert len(tok) == tok.vocab_size == 50257
+    # One special token, <|endoftext|> (50256): BOS, EOS and unknown alike; no padding token; nothing added by
+    # add_special_tokens=True (GPT-2 never adds BOS itself: interp prepends it, as TransformerLens does).
+    for key in ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id"):
+        assert getattr(tok, key) == getattr(slow, key), key
+    assert tok.bos_token_id == tok.eos_token_id == 50256 and tok.pad_token_id is None
+    assert tok("The cat", add_special_tokens=True)["input_ids"] == [464, 3797] == slow("The cat")["input_ids"]
+    assert tok.encode("a<|endoftext|>b", add_special_tokens=False) == [64, 50256, 65] == slow.encode("a<|endoftext|>b")
+    from interp.tokens import tokenize
+
+    batch = tokenize(tok, ["The cat sat on the floor", " bed"], n_ctx=1024)
+    assert batch.tokens.tolist() == [[50256, 464, 3797, 3332, 319, 262, 4314], [50256, 3996, 50256, 50256, 50256,
+                                                                                50256, 50256]]
+    assert batch.lengths.tolist() == [7, 2]  # padded with <|endoftext|> (GPT-2 has no pad token), masked out
+    assert tokenize(tok, "The cat", n_ctx=1024, prepend_bos=False).tokens.tolist() == [[464, 3797]]

@@ -153,6 +153,9 @@ class Context:
             return timed(lambda: self.hf_model(toks).logits)[1]
 
 
+#: The benchmark model's context window (GPT-2 small's): the longest prompt a section can run.
+N_CTX = 1024
+
 #: section name -> function(ctx) -> list[Row]. Sections of the analyses register here.
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {}
 
@@ -175,6 +178,8 @@ def run(only: Optional[list[str]] = None, n_prompts: int = 16, n_pos: int = 256,
 
     from ..errors import InterpError
 
+    if not 3 <= n_pos <= N_CTX:
+        raise InterpError(f"n_pos {n_pos}: give 3 to {N_CTX} tokens per prompt (BOS + r + r; GPT-2 small's context window)")
     if threads:
         torch.set_num_threads(threads)
     from . import (analyses, attribution, features, graph, interventions, pages, startup,  # noqa: F401  (their

@@ -10,7 +10,8 @@ from . import Context, Row, peak_memory, section, timed
 @section("lens")
 def bench_lens(ctx: Context) -> list[Row]:
     """Logit lens at the last position (L+1 and 2L+1 boundaries) vs a plain forward pass (logits)."""
-    from analyses.logit_lens import direct_logit_attribution, logit_lens, pinv_unembedding
+    from analyses.dla import direct_logit_attribution
+    from analyses.logit_lens import logit_lens, pinv_unembedding
 
     toks, n, p = ctx.tokens(), ctx.n_prompts, ctx.n_pos
     n_b = 2 * ctx.model.cfg.n_layers + 1

@@ -133,6 +133,6 @@ def run(args: argparse.Namespace) -> int:
         label = f"Δ {df['metric'].iloc[0]} ({args.method} ablation)"
         out.add_figure(heads_figure(single.rename(columns={"delta": label}), [label], signed=True,
                                     n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
-                                    annotate=lambda v: f"{v:.2f}"))
+                                    annotate=lambda v: f"{v:.2f}", colorbar_label=f"ablated − clean {df['metric'].iloc[0]}"))
     out.commit()
     return 0

@@ -16,9 +16,11 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs: clean and corrupted prompts of equal token lengths, paired")
     g.add_argument("--clean", action="append", default=[], metavar="TEXT", help="a clean prompt (repeat for more)")
     g.add_argument("--corrupted", action="append", default=[], metavar="TEXT", help="its corrupted partner")
-    g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line")
-    g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line")
-    t = g.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
+    g.add_argument("--clean-file", metavar="FILE", help="clean prompts, one per line ('-' = stdin)")
+    g.add_argument("--corrupted-file", metavar="FILE", help="corrupted prompts, one per line, paired by line "
+                   "('-' = stdin)")
+    # A group of its own, not nested in the one above: argparse's --help leaves nested groups out.
+    t = p.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
     t.add_argument("--task", choices=list(TASKS),
                    help="induction: [BOS] r r[:-1], corrupted = another first half; induction-key: only the earlier "
                    "copy of the query token replaced (interp.probes.induction_pair); ioi (Wang et al. 2022); "
@@ -56,6 +58,14 @@ def _check_pair(args) -> None:
         raise InterpError("--contrast needs --target")
     check_file(args.clean_file, "--clean-file")
     check_file(args.corrupted_file, "--corrupted-file")
+    if args.clean_file == "-" and args.corrupted_file == "-":
+        raise InterpError("--clean-file and --corrupted-file cannot both be '-' (stdin): give one of them a file")
+    if args.clean_file:  # read now: an empty file is refused before the model loads
+        args.clean_lines = read_lines(args.clean_file, "--clean-file")
+        args.corrupted_lines = read_lines(args.corrupted_file, "--corrupted-file")
+        if len(args.clean_lines) != len(args.corrupted_lines):
+            raise InterpError(f"--clean-file has {len(args.clean_lines)} prompts but --corrupted-file has "
+                              f"{len(args.corrupted_lines)}: they pair by line")
 
 
 def _pair_and_metric(model, args):
@@ -72,10 +82,7 @@ def _pair_and_metric(model, args):
         metric = metrics.resolve_metric(model, task.metric)
         return cb, kb, metric, f"task {task.name} ({len(task)} pairs), metric {metric.name}"
     if args.clean_file:
-        clean, corrupted = read_lines(args.clean_file, "--clean-file"), read_lines(args.corrupted_file, "--corrupted-file")
-        if len(clean) != len(corrupted):
-            raise InterpError(f"--clean-file has {len(clean)} prompts but --corrupted-file has {len(corrupted)}: "
-                              "they pair by line")
+        clean, corrupted = args.clean_lines, args.corrupted_lines
     else:
         clean, corrupted = args.clean, args.corrupted
     cb, kb = paired_batches(model, clean, corrupted)
@@ -136,14 +143,17 @@ def run_patch(args: argparse.Namespace) -> int:
     if out.image:
         from ..plotting import heads_figure
 
+        # One scale for every effect (1 = the whole clean-corrupted gap), never fitted to the largest.
+        effect = dict(signed=True, limit=1.0, n_layers=model.cfg.n_layers,
+                      colorbar_label="effect (0 = corrupted run, 1 = clean run)")
         if by == "head":
-            fig = heads_figure(df.astype({"layer": int, "head": int}), ["effect"], signed=True,
-                               n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
-                               title=f"patching {args.site}: effect")
+            fig = heads_figure(df.astype({"layer": int, "head": int}), ["effect"], n_heads=model.cfg.n_heads,
+                               annotate=lambda v: f"{v:.2f}", title=f"activation patching of {args.site}, by head",
+                               **effect)
         else:  # layers × positions, drawn with the same helper (positions in the head column)
             grid = df.assign(head=df["position"]).astype({"layer": int, "head": int})
-            fig = heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
-                               title=f"patching {args.site}: effect (columns are positions)")
+            fig = heads_figure(grid, ["effect"], xlabel="position", title=f"activation patching of {args.site}, "
+                               "by layer and position", **effect)
         out.add_figure(fig)
     out.commit()
     return 0
@@ -188,8 +198,9 @@ def run_path_patch(args: argparse.Namespace) -> int:
         from ..plotting import heads_figure
 
         grid = df.rename(columns={"sender_layer": "layer", "sender_head": "head"})
-        out.add_figure(heads_figure(grid, ["effect"], signed=True, n_layers=model.cfg.n_layers,
+        out.add_figure(heads_figure(grid, ["effect"], signed=True, limit=1.0, n_layers=model.cfg.n_layers,
                                     n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}",
-                                    title=f"path patching into {df['receiver'].iloc[0]}"))
+                                    title=f"path patching into {df['receiver'].iloc[0]}", xlabel="sender head",
+                                    colorbar_label="effect (0 = corrupted run, 1 = clean run)"))
     out.commit()
     return 0

@@ -58,10 +58,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    from ..loading import load
+    from ..loading import HubUnavailable, load
 
     try:
         return load(args.model, device=args.device, fold_ln=args.fold_ln)
+    except HubUnavailable as e:
+        raise InterpError(f"--model {args.model}: {HubUnavailable(e.name, f'--model ./{e.name}-local')}") from None
     except InterpError as e:
         raise InterpError(f"--model {args.model}: {e}") from None
 
@@ -81,15 +83,35 @@ def read_text(path: Optional[str], option: str) -> Optional[str]:
     if path is None:
         return None
     if path == "-":
-        text = sys.stdin.read()
+        text = read_stdin(option)
     else:
         if not os.path.isfile(path):
             raise InterpError(f"{option} {path}: no such file")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            raise InterpError(f"{option} {path}: cannot read it: {e.strerror or e}") from None
     if not text.strip():
         raise InterpError(f"{option} {path}: the text is empty")
     return text
+
+
+def read_stdin(option: str) -> str:
+    """All of stdin, read once: two options may both name '-' (ablate's --text and --reference)."""
+    stream = sys.stdin
+    if stream is None or getattr(stream, "closed", False):
+        raise InterpError(f"{option} -: stdin is closed; pipe the text in or give a file")
+    if _STDIN.get("stream") is not stream:
+        try:
+            raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        except (OSError, ValueError) as e:
+            raise InterpError(f"{option} -: cannot read stdin: {getattr(e, 'strerror', None) or e}") from None
+        _STDIN.update(stream=stream, text=raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw)
+    return _STDIN["text"]
+
+
+_STDIN: dict = {}
 
 
 def read_lines(path: str, option: str) -> list[str]:
@@ -102,7 +124,11 @@ def read_lines(path: str, option: str) -> list[str]:
 
 
 def check_file(path: Optional[str], option: str) -> None:
-    if path is not None and path != "-" and not os.path.isfile(path):
+    """An input file exists ('-': stdin is open), before the model loads."""
+    if path == "-":
+        if sys.stdin is None or getattr(sys.stdin, "closed", False):
+            raise InterpError(f"{option} -: stdin is closed; pipe the text in or give a file")
+    elif path is not None and not os.path.isfile(path):
         raise InterpError(f"{option} {path}: no such file")
 
 
@@ -111,18 +137,20 @@ class Outputs:
     """A command's output files: checked before any work, written together after it.
 
     Every target is checked at construction (its directory exists and is writable, its suffix
-    names a format this command can write). :meth:`commit` renders each file into a temporary
-    file beside its target and renames them all only when every one succeeded: a failure leaves
-    no new file and every old one as it was.
+    names a format this command can write, no two outputs name one file). :meth:`commit` flushes
+    standard output (a full disk there fails the command before any file is written), renders each
+    file into a temporary file and moves them all into place only when every one succeeded
+    (:class:`interp.export.Outputs`): a failure leaves no new file and every old one as it was.
     """
 
-    def __init__(self, args: argparse.Namespace, *, table: bool = True, image: bool = True):
-        from ..export import check_target, table_format
+    def __init__(self, args: argparse.Namespace, *, table: bool = True, image: bool = True,
+                 others: tuple[tuple[str, Optional[str]], ...] = ()):
+        from ..export import Outputs as Files, check_distinct, check_target, table_format
 
         self.table = getattr(args, "out", None) if table else None
         self.fmt = getattr(args, "format", None)
         self.image = getattr(args, "png", None) if image else None
-        self._jobs: list[tuple[Path, Callable[[Path], Any]]] = []
+        self._files = Files()
         if self.table is not None:
             check_target(self.table, "--out")
             try:
@@ -136,16 +164,20 @@ class Outputs:
             check_target(self.image, "--png")
             if Path(self.image).suffix.lower() not in IMAGE_SUFFIXES:
                 raise InterpError(f"--png {self.image}: unknown image format; use a .png, .svg or .pdf name")
+        for option, path in others:
+            if path is not None:
+                check_target(path, option)
+        check_distinct([("--out", self.table), ("--png", self.image), *others])
 
-    def add(self, path: Any, write: Callable[[Path], Any]) -> None:
+    def add(self, path: Any, write: Callable[[Path], Any], option: str = "") -> None:
         """Queue ``write(temporary_path)`` for ``path``."""
-        self._jobs.append((Path(path), write))
+        self._files.add(path, write, option)
 
     def add_table(self, df) -> None:
         if self.table is not None:
             fmt = self.fmt
             self.add(self.table, lambda tmp: df.to_csv(tmp, index=False) if fmt == "csv"
-                     else df.to_json(tmp, orient="records", indent=1))
+                     else df.to_json(tmp, orient="records", indent=1), "--out")
 
     def add_figure(self, fig, path: Any = None) -> None:
         path = Path(path or self.image)
@@ -159,33 +191,13 @@ class Outputs:
             finally:
                 plt.close(fig)
 
-        self.add(path, draw)
+        self.add(path, draw, "--png")
 
     def commit(self) -> None:
-        """Write every queued file, all or none."""
-        import tempfile
-
-        from ..export import new_file_mode
-
-        done: list[tuple[str, Path]] = []
-        try:
-            for path, write in self._jobs:
-                parent = path.parent if str(path.parent) else Path(".")
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
-                os.close(fd)
-                done.append((tmp, path))
-                write(Path(tmp))
-            for tmp, path in done:
-                os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else new_file_mode())
-            for tmp, path in done:
-                os.replace(tmp, path)
-                print(f"wrote {path}", file=sys.stderr)
-        except OSError as e:
-            raise InterpError(f"cannot write {path}: {e.strerror or e}") from None
-        finally:
-            for tmp, _ in done:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        """Write every queued file, all or none (after standard output has been written)."""
+        sys.stdout.flush()
+        for path in self._files.commit():
+            print(f"wrote {path}", file=sys.stderr)
 
 
 def add_output_args(p: argparse.ArgumentParser, png: Optional[str] = "write a heatmap to this file (.png, .svg or .pdf)") -> None:

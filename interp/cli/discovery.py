@@ -92,7 +92,8 @@ def run_circuit(args: argparse.Namespace) -> int:
             check_target(path, option)
             if not path.lower().endswith(suffix):
                 raise InterpError(f"{option} {path}: give a {suffix} file name")
-    out = Outputs(argparse.Namespace(), table=False, image=False)
+    out = Outputs(args, table=False, image=False,
+                  others=(("--out", args.out), ("--svg", args.svg), ("--html", args.html)))
     model = load_model(args)
     cb, kb, metric, note = _pair_and_metric(model, args)
     c = circuit(model, cb, kb, metric, method=args.method, steps=args.steps, edges=args.edges,
@@ -105,14 +106,14 @@ def run_circuit(args: argparse.Namespace) -> int:
           f"ranked by {c.method}, {c.ablation} ablation")
     print_table(c.edges[["edge", "attribution", "effect"]], max_rows=None)
     data = c.to_json()
-    out.add(args.out, lambda tmp: tmp.write_text(json.dumps(data, indent=1), encoding="utf-8"))
+    out.add(args.out, lambda tmp: tmp.write_text(json.dumps(data, indent=1), encoding="utf-8"), "--out")
     if args.svg or args.html:
         from ..report.circuit import circuit_html, circuit_svg
     if args.svg:
         svg = circuit_svg(c)
-        out.add(args.svg, lambda tmp: tmp.write_text(svg, encoding="utf-8"))
+        out.add(args.svg, lambda tmp: tmp.write_text(svg, encoding="utf-8"), "--svg")
     if args.html:
         page = circuit_html(c)
-        out.add(args.html, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        out.add(args.html, lambda tmp: tmp.write_text(page, encoding="utf-8"), "--html")
     out.commit()
     return 0

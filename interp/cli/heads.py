@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
         notes = {k: "not defined when its target is excluded" for k in ("self", "bos")}
         out.add_figure(heads_figure(df, kinds, vmin=0.0, vmax=1.0, n_layers=model.cfg.n_layers,
-                                    n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}", notes=notes))
+                                    n_heads=model.cfg.n_heads, annotate=lambda v: f"{v:.2f}", notes=notes,
+                                    colorbar_label="score"))
     out.commit()
     return 0
 

@@ -215,7 +215,7 @@ def _dla(model, args, positions, target, contrast, out: Outputs) -> int:
         heads = df[(df["position"] == pos) & (df["kind"] == "head")].astype({"layer": int, "head": int})
         out.add_figure(heads_figure(heads.rename(columns={"contribution": label}), [label], signed=True,
                                     n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
-                                    annotate=lambda v: f"{v:.1f}"))
+                                    annotate=lambda v: f"{v:.1f}", colorbar_label="contribution (logits)"))
     out.commit()
     return 0
 

@@ -15,7 +15,16 @@ def add_info(sub) -> None:
 def run_info(args: argparse.Namespace) -> int:
     model = load_model(args)
     print(model)
-    print(f"{len(model.hook_names)} hook points, e.g. {', '.join(model.hook_names[:4])}, …")
+    names = model.hook_names
+    per_layer = [n.split(".", 2)[2] for n in names if n.startswith("blocks.0.")]
+    print(f"{len(names)} hook points: every layer L of 0–{model.cfg.n_layers - 1} has "
+          f"{len(per_layer)} ('blocks.L.' + each of these)")
+    for name in per_layer:
+        print(f"  {name}")
+    print("and outside the layers:")
+    for name in names:
+        if not name.startswith("blocks."):
+            print(f"  {name}")
     return 0
 
 
@@ -23,7 +32,8 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed and memory ratios, measured side by side on a random GPT-2 small")
     p.add_argument("--only", help="comma-separated sections (default: all)")
     p.add_argument("--prompts", type=count("a number of prompts"), default=16, help="prompts per batch (default 16)")
-    p.add_argument("--pos", type=count("a number of tokens"), default=256, help="tokens per prompt (default 256)")
+    p.add_argument("--pos", type=count("a number of tokens"), default=256,
+                   help="tokens per prompt, 3 to 1024 (GPT-2 small's context window; default 256)")
     p.add_argument("--threads", type=count("a number of threads"), help="torch threads (default: torch's choice)")
     p.add_argument("--against", metavar="VENV", help="a venv with the peer to measure against: sae-lens 6.54 (features section), "
                    "circuit-tracer 0.5 (graph section)")
@@ -32,6 +42,11 @@ def add_bench(sub) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from .. import bench
+    from ..errors import InterpError
+
+    if not 3 <= args.pos <= bench.N_CTX:
+        raise InterpError(f"--pos {args.pos}: give 3 to {bench.N_CTX} tokens (the benchmark model is GPT-2 small's "
+                          f"shape, context window {bench.N_CTX})")
 
     import os
 

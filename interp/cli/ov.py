@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         from ..plotting import heads_figure, spectra_figure
 
         out.add_figure(heads_figure(view["summary"], ["copying_score"], vmin=0.0, vmax=1.0, cmap="RdBu_r",
-                                    n_layers=cfg.n_layers, n_heads=cfg.n_heads, annotate=lambda v: f"{v:.2f}"))
+                                    n_layers=cfg.n_layers, n_heads=cfg.n_heads, annotate=lambda v: f"{v:.2f}",
+                                    colorbar_label="copying score (positive eigenvalues' share)"))
         out.add_figure(spectra_figure(ov.ov_spectrum(model), title=f"W_OV spectra of {cfg.name}"), spectra_path)
     out.commit()
     return 0

@@ -32,7 +32,8 @@ def add(sub) -> None:
     )
     choose.add_argument("--no-scores", action="store_true", help="skip the head classifier (needs --heads)")
     p.add_argument("--png-dir", dest="png", metavar="DIR",
-                   help="also write each head's heatmap and line view (and the summary) as PNG files into DIR")
+                   help="also write each head's heatmap and line view (and the summary) as PNG files into DIR "
+                   "(created if missing; its parent must exist)")
     p.add_argument("--svg-dir", dest="svg", metavar="DIR", help="the same as SVG files")
     p.add_argument("--csv", metavar="FILE", help="write the raw patterns (one row per head, query, key) as CSV")
     p.add_argument("--line-top-k", type=count("a number of lines"), default=8,
@@ -46,7 +47,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import check_outputs, write_report
+    from ..report import build_report, check_outputs
 
     if args.prompt is not None and args.file is not None:
         raise InterpError("give the prompt either as an argument or with --file, not both")
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     check_file(args.file, "--file")
     if not (args.out or args.png or args.svg or args.csv):
         raise InterpError("nothing to write: give --out report.html (and/or --png-dir DIR, --svg-dir DIR, --csv FILE)")
-    check_outputs(args.out, png=args.png, svg=args.svg, csv=args.csv)  # fail before loading the model
+    check_outputs(args.out, png=args.png, svg=args.svg, csv=args.csv,  # fail before loading the model
+                  names={"path": "--out", "png": "--png-dir", "svg": "--svg-dir", "csv": "--csv"})
     from .lens import _read_lens
 
     tuned = _read_lens(args.tuned, args.fold_ln, "--tuned")
@@ -69,13 +71,14 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise InterpError("the prompt is empty: give the text to report on")
     model = load_model(args)
-    report = write_report(
-        model, prompt, args.out, png=args.png, svg=args.svg, csv=args.csv, heads=args.heads, top=args.top,
-        kind=args.kind, classify_on=args.classify_on, scores=False if args.no_scores else None,
-        line_top_k=args.line_top_k, line_min_weight=args.line_min_weight, progress=progress(args),
-        trajectory=tuned if tuned is not None else (True if args.trajectory else None),
+    report = build_report(
+        model, prompt, heads=args.heads, top=args.top, kind=args.kind, classify_on=args.classify_on,
+        scores=False if args.no_scores else None, line_top_k=args.line_top_k, line_min_weight=args.line_min_weight,
+        progress=progress(args), trajectory=tuned if tuned is not None else (True if args.trajectory else None),
     )
     print_table(report.summary_table())
+    sys.stdout.flush()  # standard output first: if it fails (a full disk), no file is written
+    report.save(args.out, png=args.png, svg=args.svg, csv=args.csv, progress=progress(args))
     for what, path in (("report", args.out), ("CSV", args.csv), ("PNG files into", args.png), ("SVG files into", args.svg)):
         if path:
             print(f"wrote {what} {path}", file=sys.stderr)

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.export import check_target
+from interp.tokenizer import display_token
 
 from .html import render
 
@@ -57,7 +58,9 @@ class Report:
     Attributes:
         model_name: the model's name (``model.cfg.name``).
         fold_ln: whether LayerNorm was folded (``model.cfg.fold_ln``).
-        tokens: the prompt's tokens as text (BOS first), exactly as the tokenizer decodes them.
+        tokens: the prompt's tokens as text (BOS first), as the tokenizer decodes them; a token that is
+            only part of a character's UTF-8 bytes (GPT-2 writes 日 as two tokens) as those bytes
+            (``\\xe6\\x97``: :func:`interp.tokenizer.display_token`), never "�".
         heads: the chosen ``(layer, head)`` pairs, in display order.
         reasons: why each head was chosen, one line each.
         patterns: the chosen heads' attention patterns (masked future entries are 0).
@@ -123,6 +126,29 @@ class Report:
     def html(self) -> str:
         """The report as one self-contained HTML page (see the module docs)."""
         return render(self)
+
+    def save(self, path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None,
+             progress: Optional[bool] = None) -> None:
+        """Write the HTML to ``path``, figures into ``png``/``svg`` directories, the CSV to ``csv``: all or nothing.
+
+        Every file is rendered before any is moved into place (:class:`interp.export.Outputs`): on
+        any error no partial file is left, every existing file is untouched and no new directory
+        stays behind. A missing figure directory is created (its parent must exist).
+        """
+        from interp.export import Outputs
+        from interp.plotting import figure_files
+
+        check_outputs(path, png=png, svg=svg, csv=csv)
+        out = Outputs()
+        if path is not None:
+            out.add(path, lambda tmp: tmp.write_text(self.html(), encoding="utf-8"), "the report")
+        if csv is not None:
+            out.add(csv, lambda tmp: self.table().to_csv(tmp, index=False), "the CSV")
+        for directory, fmt in ((png, "png"), (svg, "svg")):
+            if directory is not None:
+                for name, write in figure_files(self, fmt):
+                    out.add(Path(directory) / name, write, f"the {fmt.upper()} directory")
+        out.commit(progress, desc="report")
 
     def _repr_html_(self) -> str:
         """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
@@ -232,7 +258,7 @@ def build_report(
             f"(limit {MAX_REPORT_BYTES / 1e6:.0f} MB): choose fewer heads or a shorter prompt"
         )
     return Report(
-        model_name=str(model.cfg.name), fold_ln=bool(model.cfg.fold_ln), tokens=model.to_str_tokens(tokens[0]),
+        model_name=str(model.cfg.name), fold_ln=bool(model.cfg.fold_ln), tokens=[display_token(model.tokenizer, i) for i in tokens[0].tolist()],
         heads=chosen, reasons=reasons, patterns=_patterns(model, tokens, chosen), scores=scores,
         scores_source=source, kinds=kinds, n_layers=L, n_heads=H, line_top_k=int(line_top_k),
         line_min_weight=float(line_min_weight),
@@ -288,23 +314,28 @@ def report_html(model, prompt: Prompt, **kwargs) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
-def check_outputs(path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None) -> None:
-    """Raise :class:`InterpError` if an output cannot be written (before any work is done)."""
+def check_outputs(path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None,
+                  names: Optional[dict] = None) -> None:
+    """Raise :class:`InterpError` if an output cannot be written (before any work is done).
+
+    ``names`` maps ``path``/``png``/``svg``/``csv`` to what messages call them (the command line's
+    options); two outputs naming one file are an error. A missing figure directory is fine (it is
+    created when the figures are written) if its parent exists.
+    """
+    from interp.export import check_directory, check_distinct
+
+    names = {"path": "the report", "csv": "the CSV", "png": "the PNG directory", "svg": "the SVG directory",
+             **(names or {})}
     if path is None and png is None and svg is None and csv is None:
         raise InterpError("nothing to write: give an HTML path, or png/svg directories or a csv path")
     if path is not None:
-        check_target(path, "the report")
+        check_target(path, names["path"])
     if csv is not None:
-        check_target(csv, "the CSV")
-    for d in (png, svg):
-        if d is None:
-            continue
-        d = Path(d)
-        parent = d.parent if str(d.parent) else Path(".")
-        if d.exists() and not d.is_dir():
-            raise InterpError(f"cannot write figures into {d}: it is a file, not a directory")
-        if not d.exists() and not parent.is_dir():
-            raise InterpError(f"cannot write figures into {d}: directory {parent} does not exist")
+        check_target(csv, names["csv"])
+    for key, d in (("png", png), ("svg", svg)):
+        if d is not None:
+            check_directory(d, names[key])
+    check_distinct([(names["path"], path), (names["csv"], csv)], [(names["png"], png), (names["svg"], svg)])
 
 
 def write_report(
@@ -320,11 +351,9 @@ def write_report(
 ) -> Report:
     """Build a report and write it: the HTML to ``path``, figures into ``png``/``svg`` directories, the CSV to ``csv``.
 
-    Every output is checked before the model runs; all of them are rendered before any is moved
-    into place (temp files and staging directories, then renames): on any error no partial file
-    is left and every existing file is untouched.
-    Keyword arguments (``heads``, ``top``, ``kind``, ``scores``, ``line_top_k``, …)
-    as :func:`build_report`. Returns the :class:`Report`.
+    Every output is checked before the model runs, then written all or nothing (:meth:`Report.save`).
+    Keyword arguments (``heads``, ``top``, ``kind``, ``scores``, ``line_top_k``, …) as
+    :func:`build_report`. Returns the :class:`Report`.
 
     >>> import tempfile, os
     >>> from interp.testing import planted_model
@@ -333,39 +362,7 @@ def write_report(
     >>> report.heads[0], open(out).read(15)
     ((0, 0), '<!DOCTYPE html>')
     """
-    import tempfile
-
-    from interp.export import new_file_mode
-    from interp.plotting import stage_figures
-
     check_outputs(path, png=png, svg=svg, csv=csv)
     report = build_report(model, prompt, progress=progress, **kwargs)
-    # Everything is rendered first (files beside their targets, figures in staging directories) and
-    # moved into place only when all of it succeeded: a failure leaves every old file as it was.
-    files, staged, target = [], [], None
-    try:
-        for target, write in ((path, lambda tmp: tmp.write_text(report.html(), encoding="utf-8")),
-                              (csv, lambda tmp: report.table().to_csv(tmp, index=False))):
-            if target is None:
-                continue
-            fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".part", dir=Path(target).parent)
-            os.close(fd)
-            files.append((Path(tmp), Path(target)))
-            write(Path(tmp))
-        for target, fmt in ((png, "png"), (svg, "svg")):
-            if target is not None:
-                staged.append(stage_figures(report, target, fmt, progress))
-        for tmp, target in files:
-            os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else new_file_mode())
-            os.replace(tmp, target)
-        for s in staged:
-            s.commit()
-    except OSError as e:  # e.g. a full disk or a read-only file system
-        raise InterpError(f"cannot write {target}: {e.strerror or e}") from None
-    finally:
-        for tmp, _ in files:
-            if tmp.exists():
-                tmp.unlink()
-        for s in staged:
-            s.discard()
+    report.save(path, png=png, svg=svg, csv=csv, progress=progress)
     return report
