@@ -49,7 +49,7 @@ size ``pos²`` is kept), and the pass stops right after the last needed pattern.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ from interp import probes, select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
 
-from .head_patterns import PATTERN_BUDGET, Options, pattern_sums
+from .head_patterns import Options, pattern_sums
 
 KINDS = ("previous_token", "self", "duplicate_token", "induction", "bos", "spread")
 #: Kinds that are a fraction of attention on chosen keys (``spread`` is an entropy).

@@ -26,7 +26,6 @@ holds — in folded models that includes ``ln_f``'s gain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np

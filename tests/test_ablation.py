@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import interp
-from interp import InterpError, testing
+from interp import InterpError
 from interp import select
 from interp.ablation import ablate, ablation_hooks
 from interp.probes import repeated_tokens, text_windows

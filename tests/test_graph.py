@@ -6,7 +6,6 @@ added once more: no gradients), in both weight modes, on models with random Laye
 biases and every bias random; the parity with circuit-tracer itself is tests/test_graph_parity.py.
 """
 
-import json
 from pathlib import Path
 
 import pytest

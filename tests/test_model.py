@@ -103,7 +103,7 @@ def test_stop_and_start_at_layer(small_raw):
 
 def test_partial_run_does_not_run_later_layers(small_raw):
     fired = []
-    hooks = [((f"resid_pre", layer), lambda x, n: fired.append(n)) for layer in range(2)]
+    hooks = [(("resid_pre", layer), lambda x, n: fired.append(n)) for layer in range(2)]
     logits, cache = small_raw.run("hello there", names=["pattern.0"], hooks=hooks, logits=False)
     assert logits is None and fired == ["blocks.0.hook_resid_pre"]
     assert cache["pattern", 0].shape[1] == small_raw.cfg.n_heads

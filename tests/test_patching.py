@@ -12,7 +12,7 @@ import interp
 from interp import InterpError, probes
 from interp.cli import main
 from interp.metrics import LogitDiff, Loss
-from interp.patching import BY, HEAD_SITES, SITES, patch
+from interp.patching import HEAD_SITES, SITES, patch
 from interp.path_patching import path_patch, path_patch_senders
 
 MODES = [True, False]

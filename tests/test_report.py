@@ -311,7 +311,7 @@ def test_cli_bad_input(planted_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", planted_dir]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"interp report: error: " in err and message in err
+    assert "interp report: error: " in err and message in err
     assert not list(tmp_path.iterdir())
 
 

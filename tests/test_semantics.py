@@ -9,7 +9,6 @@ changes every weight, so a convention that differs between modes cannot hide.
 import pytest
 import torch
 
-import interp
 from interp.ablation import ablate
 from interp.scan import scan
 from interp.metrics import LogitDiff, Loss

@@ -1,6 +1,5 @@
 """Start-up: what ``import interp`` and the everyday commands import, Ctrl-C during start-up, the startup bench."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -159,7 +158,7 @@ def bench_graph(ctx: Context) -> list[Row]:
 
 def _longest(runs: dict, n_layers: int) -> list[Row]:
     """The longest prompt whose graph fits in 24 GiB, from the measured runs (a model of memory against length)."""
-    (m32, t32), (m128, t128) = runs[32], runs[128]
+    (m32, _), (m128, _) = runs[32], runs[128]
     per_tok = m128["n_features"] / 128
     # interp: memory is affine in length between the two runs, plus the kept submatrix (quadratic in kept nodes)
     slope = (m128["peak_mb"] - m32["peak_mb"]) / 96

@@ -76,7 +76,7 @@ def evaluate(model, saes: Union[SAE, Sequence[SAE]], texts: Any = None, *, split
         raise InterpError(f"the text is shorter than one window of {n_ctx} tokens")
     tokens = torch.stack(windows).to(model.cfg.device)
     acc = [_Accumulator(s.d_sae) for s in saes]
-    clean_loss = zero_loss_sum = 0.0
+    clean_loss = 0.0
     bar = tqdm(total=len(tokens) * (1 + 2 * len(saes)), desc="sae eval", unit="window", leave=False,
                disable=True if progress is False else (None if progress is None else False))
     with torch.no_grad():
@@ -98,7 +98,7 @@ def evaluate(model, saes: Union[SAE, Sequence[SAE]], texts: Any = None, *, split
 
                 # The spliced run, watching the SAE's input and the activation it replaces.
                 with model.hooks([(sae.hook_name, grab_in), (out_hook, grab_out)]):
-                    with splice(model, [sae]) as features:
+                    with splice(model, [sae]):
                         logits = model.forward(toks)
                 x_true = b._flat(seen["actual"], out_hook)
                 x_in = b.input(seen["x_in"])

@@ -25,7 +25,6 @@ bytes (12 heads × 256 tokens ≈ 1.1 MB); the line view draws at most
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
