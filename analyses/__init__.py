@@ -15,7 +15,8 @@ Submodules load on first use (``analyses.heads`` imports only what classificatio
 
 import importlib
 
-__all__ = ["heads", "logit_lens", "tuned_lens", "lens_training", "lens_compare", "dla", "ov", "ov_rank", "composition", "choose"]
+__all__ = ["heads", "logit_lens", "tuned_lens", "lens_training", "lens_compare", "dla", "ov", "ov_rank", "composition", "choose",
+           "selfcheck"]
 
 
 def __getattr__(name: str):

@@ -54,7 +54,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from interp import probes, select
+from interp import prompts, select
 from interp.errors import InterpError
 from interp.model import HookedGPT2
 
@@ -90,8 +90,8 @@ def classify(
         model: the model.
         inputs: a prompt, a list of prompts (and/or 1-D token tensors), token ids
             ``[batch, pos]``, or a :class:`~interp.tokens.Batch` (e.g.
-            :func:`interp.probes.text_windows`). Default: 16 repeated random-token
-            sequences (:func:`interp.probes.repeated_tokens`, seed 0).
+            :func:`interp.prompts.text_windows`). Default: 16 repeated random-token
+            sequences (:func:`interp.prompts.repeated_tokens`, seed 0).
         kinds: which of :data:`KINDS` to score (default: all six).
         layers: the layers to score, every head of each (default: all), in
             :mod:`interp.select`'s grammar (``1``, ``[0, 3]``, ``"0-5"``). The forward
@@ -142,7 +142,7 @@ def classify(
     if measure not in MEASURES:
         raise InterpError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
     thresholds = _thresholds(threshold)
-    seqs = probes.sequences(model, inputs, prepend_bos=prepend_bos)
+    seqs = prompts.sequences(model, inputs, prepend_bos=prepend_bos)
     opts = Options(kinds, head_idx, bool(exclude_bos), bool(exclude_current_token), measure, positions)
     num, den, count = pattern_sums(model, seqs, layers, opts, batch_size, progress)
     df = _table(num, den, count, layers, head_idx, opts, thresholds)

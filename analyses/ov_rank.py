@@ -68,7 +68,7 @@ def low_rank_ov(model: HookedGPT2, heads: Any, k: Any) -> Iterator[HookedGPT2]:
 
     >>> import torch
     >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
+    >>> from interp.prompts import repeated_tokens
     >>> model = planted_model()
     >>> tokens = repeated_tokens(model, n_prompts=1, half=8)
     >>> with low_rank_ov(model, (1, 0), k=32):          # the induction head's full rank: no change
@@ -151,7 +151,7 @@ def rank_k_loss(
         rank the head uses on this text.
 
     >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
+    >>> from interp.prompts import repeated_tokens
     >>> model = planted_model()
     >>> tokens = repeated_tokens(model, n_prompts=4, half=12)
     >>> df = rank_k_loss(model, tokens, heads=[(1, 0)], ks=[0, 32])
@@ -219,7 +219,7 @@ def ov_view(
     the layer's heads, or every head. ``table`` is ``rank_k`` if asked for, else the head's spectrum,
     else the layer's rows, else the summary.
     """
-    from interp.probes import repeated_tokens
+    from interp.prompts import repeated_tokens
 
     if head is not None and layer is None:
         raise InterpError("a head needs its layer")

@@ -48,7 +48,7 @@ their heads at once, whatever order they are nested in.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from jaxtyping import Bool
@@ -60,7 +60,7 @@ from .errors import InterpError
 from .model import HookedGPT2
 from .tokens import Batch
 
-__all__ = ["ablate", "ablation_hooks", "METHODS"]
+__all__ = ["ablate", "ablation_hooks", "check_method", "METHODS"]
 
 #: Ablation methods and what each puts in place of a head (see the module docs).
 METHODS: dict[str, str] = {
@@ -85,18 +85,8 @@ class Ablator:
 
     def __init__(self, model: HookedGPT2, method: Any, layers: list[int], *, reference: Any, keys: Any,
                  renormalize: bool, seed: int):
-        if not isinstance(method, str) or method not in METHODS:
-            raise InterpError(f"unknown ablation method {method!r}: use one of {', '.join(METHODS)}")
-        if method in ("zero", "pattern") and reference is not None:
-            raise InterpError(f"method {method!r} uses no reference data; reference= is for mean, mean_pos and resample")
-        if method in ("mean", "mean_pos") and reference is None:
-            raise InterpError(f"method {method!r} needs reference=: prompts or tokens whose mean activations replace the head's")
-        if method == "pattern":
-            self.keys = _check_keys(keys, model.cfg.n_ctx)
-        elif keys is not None or renormalize:
-            raise InterpError(f"keys= and renormalize= belong to method 'pattern', not {method!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InterpError(f"seed must be an int, not {seed!r}")
+        self.keys = check_method(method, reference=reference is not None, keys=keys, renormalize=renormalize, seed=seed,
+                                 n_ctx=model.cfg.n_ctx)
         self.model, self.method, self.renormalize, self.seed = model, method, bool(renormalize), seed
         self.point = "pattern" if method == "pattern" else "z"
         self.stats: dict[int, Tensor] = {}
@@ -190,13 +180,52 @@ def _check_covered(pos: Tensor, real: Tensor, limit: Tensor, what: str, hint: st
         raise InterpError(f"position {int(pos[r, c])} of prompt {r} is beyond {what} ({int(limit[r, c])} tokens): {hint}")
 
 
-def _check_keys(keys: Any, n_ctx: int) -> Any:
-    if keys is None:
-        raise InterpError("method 'pattern' needs keys=: 'previous', 'self', 'bos', a list of key positions, "
-                          "or a bool [query_pos, key_pos] mask")
+#: What the messages of :func:`check_method` call each argument (the command line passes its options' names).
+ARGUMENT_NAMES = {"method": "method", "reference": "reference=", "keys": "keys=", "renormalize": "renormalize=",
+                  "seed": "seed", "reference_is": "prompts or tokens whose mean activations replace the head's",
+                  "keys_are": "'previous', 'self', 'bos', a list of key positions or a bool [query_pos, key_pos] mask"}
+
+
+def check_method(method: Any, *, reference: bool, keys: Any = None, renormalize: bool = False, seed: Any = 0,
+                 n_ctx: Optional[int] = None, names: Optional[dict] = None) -> Any:
+    """Check an ablation method's arguments before anything runs; return ``keys`` checked (None unless ``pattern``).
+
+    ``reference``: whether reference data was given. ``n_ctx``: the context window key positions
+    must fit (unchecked without it). ``names`` maps the arguments to what messages call them
+    (:data:`ARGUMENT_NAMES`; the command line passes ``--method``, ``--reference`` …), so the rules
+    live here once and every caller words its refusals in its own terms.
+
+    >>> check_method("pattern", reference=False, keys="previous")
+    'previous'
+    >>> check_method("mean", reference=False)
+    Traceback (most recent call last):
+    interp.errors.InterpError: method mean needs reference=: prompts or tokens whose mean activations replace the head's
+    """
+    n = {**ARGUMENT_NAMES, **(names or {})}
+    if not isinstance(method, str) or method not in METHODS:
+        raise InterpError(f"unknown ablation {n['method']} {method!r}: use one of {', '.join(METHODS)}")
+    if method in ("zero", "pattern") and reference:
+        raise InterpError(f"{n['method']} {method} uses no reference data; {n['reference']} goes with "
+                          f"{n['method']} mean, mean_pos or resample")
+    if method in ("mean", "mean_pos") and not reference:
+        raise InterpError(f"{n['method']} {method} needs {n['reference']}: {n['reference_is']}")
+    if method == "pattern":
+        if keys is None:
+            raise InterpError(f"{n['method']} pattern needs {n['keys']}: {n['keys_are']}")
+        keys = _check_keys(keys, n_ctx, n)
+    elif keys is not None or renormalize:
+        given = [n[k] for k, v in (("keys", keys is not None), ("renormalize", renormalize)) if v]
+        raise InterpError(f"{' and '.join(given)} belong{'s' if len(given) == 1 else ''} to {n['method']} pattern, "
+                          f"not {method}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InterpError(f"{n['seed']} must be an int, not {seed!r}")
+    return keys
+
+
+def _check_keys(keys: Any, n_ctx: Optional[int], n: dict) -> Any:
     if isinstance(keys, str):
         if keys not in KEY_NAMES:
-            raise InterpError(f"unknown keys {keys!r}: use one of {', '.join(KEY_NAMES)}, a list of positions or a bool mask")
+            raise InterpError(f"unknown {n['keys']} {keys!r}: use {n['keys_are']}")
         return keys
     if isinstance(keys, Tensor) and keys.dtype == torch.bool:
         if keys.ndim != 2:
@@ -205,10 +234,11 @@ def _check_keys(keys: Any, n_ctx: int) -> Any:
     try:
         positions = [int(k) for k in (keys.tolist() if isinstance(keys, Tensor) else keys)]
     except (TypeError, ValueError):
-        raise InterpError(f"keys must be a name, a list of key positions or a bool mask, not {keys!r}") from None
-    bad = [k for k in positions if not 0 <= k < n_ctx]
+        raise InterpError(f"{n['keys']} must be a name, a list of key positions or a bool mask, not {keys!r}") from None
+    bad = [k for k in positions if k < 0 or (n_ctx is not None and k >= n_ctx)]
     if bad:
-        raise InterpError(f"key positions {bad} out of range: the context window is {n_ctx} (0–{n_ctx - 1})")
+        window = f": the context window is {n_ctx} (0–{n_ctx - 1})" if n_ctx is not None else ""
+        raise InterpError(f"key positions {bad} out of range{window}")
     return tuple(positions)
 
 
@@ -337,7 +367,7 @@ def ablate(model: Any, heads: Any, method: Any = "zero", *, reference: Any = Non
     Blocks nest and compose: the inner ablation applies on top of the outer one.
 
     >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
+    >>> from interp.prompts import repeated_tokens
     >>> from interp.metrics import Loss
     >>> model = planted_model()
     >>> tokens = repeated_tokens(model, n_prompts=4, half=10)   # [BOS] + r + r

@@ -8,7 +8,7 @@ to one number (a mean over prompts or over tokens).
 
 >>> import torch
 >>> from interp.testing import planted_model
->>> from interp.probes import repeated_tokens
+>>> from interp.prompts import repeated_tokens
 >>> model = planted_model()
 >>> tokens = repeated_tokens(model, n_prompts=2, half=8)
 >>> batch = model.to_batch(tokens)

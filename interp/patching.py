@@ -45,7 +45,7 @@ from .metrics import Metric, pair_metric
 from .model import HookedGPT2
 from .tokens import Batch
 
-__all__ = ["patch", "SITES", "HEAD_SITES", "BY"]
+__all__ = ["patch", "by_strength", "SITES", "HEAD_SITES", "BY"]
 
 #: Patchable sites and what each is.
 SITES: dict[str, str] = {
@@ -326,3 +326,17 @@ def _site_hooks(engine: Engine, site: str, layer: int, chunk: list[_Variant], w:
         return torch.where(mask, clean_rep, act)
 
     return [(hk.name(site, layer), fn)]
+
+
+def by_strength(df: Any, column: str = "effect") -> Any:
+    """``df``'s rows strongest first: by ``|column|``, descending, ties in their original order.
+
+    How patching, path patching and ablation scans are read (the command line prints them so).
+
+    >>> import pandas as pd
+    >>> by_strength(pd.DataFrame({"effect": [0.1, -0.5, 0.3]}))["effect"].tolist()
+    [-0.5, 0.3, 0.1]
+    """
+    if column not in df.columns:
+        raise InterpError(f"no column {column!r} to rank by: the table has {', '.join(map(str, df.columns))}")
+    return df.reindex(df[column].abs().sort_values(ascending=False, kind="stable").index)

@@ -117,7 +117,7 @@ def scan(
         ``ablated`` and ``delta = ablated − clean``.
 
     >>> from interp.testing import planted_model
-    >>> from interp.probes import repeated_tokens
+    >>> from interp.prompts import repeated_tokens
     >>> from interp.metrics import Loss
     >>> model = planted_model()
     >>> tokens = repeated_tokens(model, n_prompts=4, half=10)   # [BOS] + r + r

@@ -140,9 +140,9 @@ def induction(model, n_prompts: int = 8, half: Optional[int] = None, seed: int =
     ``corrupt="key"``: only the earlier copy of the last token replaced, so the induction heads lose
     their match (their keys) while what they would copy (their values) stays: the previous-token →
     induction-head K-composition alone (:data:`TASKS` ``"induction-key"``; the pairs are
-    :func:`interp.probes.induction_pair`'s).
+    :func:`interp.prompts.induction_pair`'s).
     """
-    from .probes import induction_pair, repeated_tokens, vocabulary
+    from .prompts import induction_pair, repeated_tokens, vocabulary
 
     _count(n_prompts, "n_prompts")
     half = min(20, (model.cfg.n_ctx - 1) // 2) if half is None else _count(half, "half")

@@ -11,7 +11,7 @@ import interp
 from interp import InterpError
 from interp import select
 from interp.ablation import ablate, ablation_hooks
-from interp.probes import repeated_tokens, text_windows
+from interp.prompts import repeated_tokens, text_windows
 from interp.scan import scan
 from interp.metrics import Custom, LogitDiff, Loss, Prob, resolve_metric, token_loss
 
@@ -352,9 +352,9 @@ def test_bad_metrics(exact, texts, metric, message):
         ({"heads": [(0, 0)], "method": "mean"}, "needs reference="),
         ({"heads": [(0, 0)], "method": "zero", "reference": "a b"}, "uses no reference data"),
         ({"heads": [(0, 0)], "method": "pattern"}, "needs keys="),
-        ({"heads": [(0, 0)], "method": "pattern", "keys": "next"}, "unknown keys 'next'"),
+        ({"heads": [(0, 0)], "method": "pattern", "keys": "next"}, "unknown keys= 'next'"),
         ({"heads": [(0, 0)], "method": "pattern", "keys": [500]}, r"key positions \[500\] out of range"),
-        ({"heads": [(0, 0)], "keys": "previous"}, "belong to method 'pattern'"),
+        ({"heads": [(0, 0)], "keys": "previous"}, "belongs to method pattern"),
     ],
 )
 def test_bad_ablations(exact, kwargs, message):

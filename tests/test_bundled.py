@@ -15,7 +15,7 @@ import torch
 import interp
 from analyses.heads import classify
 from interp.loading import BUNDLED_DIR
-from interp.probes import repeated_tokens, repeated_words
+from interp.prompts import repeated_tokens, repeated_words
 
 DIR = BUNDLED_DIR / "interp-tiny"
 SHA256 = "b2b50ab87f3e258d1c8ec1b32007b9755579596e10e9cc3fc1c22bd730e1572c"

@@ -10,8 +10,10 @@ How the commands are found (a new page is picked up by its name, nothing to regi
   compared with what it prints, line by line, spaces collapsed (a line ``...`` or ``…`` stands for
   any lines, and a decimal number may differ by one unit of its last printed digit);
 - in the text, inline code that is an ``interp`` command with arguments (``interp lens "text"``,
-  not a bare name such as ``interp patch``), except ``interp bench …``: its sections take minutes
-  and print this machine's ratios (``tests/test_bench.py`` runs each on small inputs).
+  not a bare name such as ``interp patch`` or ``interp sae train``, nor a synopsis with placeholders
+  such as ``interp lens train --out DIR [--steps N]`` or ``…``), except ``interp bench …``: its
+  sections take minutes and print this machine's ratios (``tests/test_bench.py`` runs each on
+  small inputs).
 
 A directive, an HTML comment just before the block (or just after the inline command), says what
 else to expect:
@@ -52,6 +54,10 @@ DIRECTIVE = re.compile(r'<!--\s*docs-test:\s*(fails|skip)\s*"([^"]+)"[^>]*-->\s*
 INLINE = re.compile(r"`(interp [^`\n]+)`(\s*<!--\s*docs-test:[^>]*-->)?")
 NUMBER = re.compile(r"-?\d+\.\d+")
 WILDCARD = {"...", "…"}
+#: Commands whose first argument names a mode: `interp sae train` alone is a name, not a command to run.
+MODES = {"sae": [["train"], ["eval"], ["info"]], "lens": [["train"], ["eval"]]}
+#: Placeholder words of a synopsis in the text (never run).
+SYNOPSIS = {"…", "...", "DIR", "FILE", "TEXT", "N", "NAME", "VENV", "HOOK"}
 
 
 # ---------------------------------------------------------------------------- reading the pages
@@ -62,8 +68,10 @@ def blocks(page: Path) -> list[dict]:
     prose = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # the text outside fenced blocks
     for m in INLINE.finditer(prose):
         words = shlex.split(m.group(1))
-        if len(words) < 3 or words[1] == "bench" or words[1] not in COMMANDS:
-            continue  # a name (`interp patch`), the bench, or not a command (`interp heads: error: …`)
+        if len(words) < 3 or words[1] == "bench" or words[1] not in COMMANDS or words[2:] in MODES.get(words[1], []):
+            continue  # a name (`interp patch`, `interp sae train`), the bench, or not a command (`interp heads: error: …`)
+        if any(w in SYNOPSIS or w.startswith("[") for w in words[2:]):
+            continue  # a synopsis: `interp lens train --out DIR [--steps N]`, `interp lens TEXT --tuned DIR`
         d = DIRECTIVE.match(m.group(2).strip()) if m.group(2) else None
         assert d or not m.group(2), f"{page.name}: the comment after `{m.group(1)}` is not a docs-test directive"
         found.append({"line": text[: m.start()].count("\n") + 1, "directive": d and (d.group(1), d.group(2)),
@@ -266,8 +274,8 @@ INPUTS = {
     "prompts.txt": "The cat sat on the mat. The cat sat on the mat.\nimport os\nimport sys\nimport os\n"
                    "def f(x):\n",
     "prompt.txt": "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n",
-    "clean.txt": "from os import path; import\nfrom sys import argv; import\n",
-    "corrupted.txt": "from re import path; import\nfrom re import argv; import\n",
+    "clean.txt": "self.name = name; self.\nimport os; os.\n",
+    "corrupted.txt": "self.size = size; self.\nimport re; re.\n",
 }
 
 

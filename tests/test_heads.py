@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformer_lens.head_detector import detect_head
 
-from interp import probes
+from interp import prompts
 from analyses.heads import KINDS, THRESHOLDS, classify, label_heads
 from interp import InterpError, testing
 from interp.cli import main
@@ -24,7 +24,7 @@ PROMPTS = [  # different lengths (so batches are padded) and plenty of repeated 
 # ---------------------------------------------------------------------------- planted ground truth
 @pytest.mark.parametrize("seed", [0, 3])
 def test_planted_heads_are_labelled_with_their_kind_and_nothing_else_is(planted, seed):
-    tokens = probes.repeated_tokens(planted, 16, 15, seed=seed)
+    tokens = prompts.repeated_tokens(planted, 16, 15, seed=seed)
     df = classify(planted, tokens).set_index(["layer", "head"])
     planted_kinds = set(testing.PLANTED_HEADS.values())
     for (layer, head), kind in testing.PLANTED_HEADS.items():
@@ -154,7 +154,7 @@ def test_stops_after_the_last_needed_layer_and_leaves_no_hooks(planted):
 def test_std_is_zero_for_identical_prompts_and_positive_otherwise(planted):
     same = classify(planted, ["a b c d a b c d"] * 3)
     assert np.allclose(same[[f"{k}_std" for k in KINDS]].to_numpy(), 0, atol=1e-7)
-    mixed = classify(planted, probes.repeated_tokens(planted, 6, 15))
+    mixed = classify(planted, prompts.repeated_tokens(planted, 6, 15))
     unplanted = mixed.loc[mixed["label"] == "none", "bos_std"]
     assert len(unplanted) == 3 and (unplanted > 0).all()  # the planted model's three unplanted heads
 
@@ -200,20 +200,20 @@ def test_label_rule():
 
 # ---------------------------------------------------------------------------- inputs
 def test_repeated_tokens_are_reproducible_real_and_repeated(small_folded):
-    a = probes.repeated_tokens(small_folded, 4, 20, seed=7)
-    assert torch.equal(a, probes.repeated_tokens(small_folded, 4, 20, seed=7))
-    assert not torch.equal(a, probes.repeated_tokens(small_folded, 4, 20, seed=8))
+    a = prompts.repeated_tokens(small_folded, 4, 20, seed=7)
+    assert torch.equal(a, prompts.repeated_tokens(small_folded, 4, 20, seed=7))
+    assert not torch.equal(a, prompts.repeated_tokens(small_folded, 4, 20, seed=8))
     bos = small_folded.tokenizer.bos_token_id
     assert (a[:, 0] == bos).all() and torch.equal(a[:, 1:21], a[:, 21:])
     body = a[:, 1:]
     assert not torch.isin(body, torch.tensor(small_folded.tokenizer.all_special_ids)).any()
-    assert torch.isin(body, probes.vocabulary(small_folded)).all()
+    assert torch.isin(body, prompts.vocabulary(small_folded)).all()
     assert all(len(set(r.tolist())) == 20 for r in a[:, 1:21])  # distinct within a half: one earlier copy each
 
 
 def test_document_is_tokenized_once_and_chunked(planted):
     text = " ".join("abcdefghij"[i % 7] for i in range(70))
-    chunks = probes.rows(probes.text_windows(planted, text))
+    chunks = prompts.rows(prompts.text_windows(planted, text))
     assert all(len(c) <= planted.cfg.n_ctx and c[0] == 0 for c in chunks)
     whole = planted.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert torch.cat([c[1:] for c in chunks]).tolist() == whole
@@ -224,7 +224,7 @@ def test_document_is_tokenized_once_and_chunked(planted):
 def test_prompts_file(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("a b c a b c\n\n  \nd e f d e f\n")
-    assert probes.read_prompts(path) == ["a b c a b c", "d e f d e f"]
+    assert prompts.read_prompts(path) == ["a b c a b c", "d e f d e f"]
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -254,11 +254,11 @@ def test_bad_input_is_one_clear_error(planted, kwargs, message):
 
 def test_bad_probe_sizes(planted):
     with pytest.raises(InterpError, match="largest half: 15"):
-        probes.repeated_tokens(planted, 2, 16)
+        prompts.repeated_tokens(planted, 2, 16)
     with pytest.raises(InterpError, match="n_prompts"):
-        probes.repeated_tokens(planted, 0)
+        prompts.repeated_tokens(planted, 0)
     with pytest.raises(InterpError, match="fewer than 2|at least 2"):
-        probes.text_windows(planted, "a")
+        prompts.text_windows(planted, "a")
 
 
 # ---------------------------------------------------------------------------- the command

@@ -5,7 +5,8 @@ core (interp, interp.features)  <-  analyses  <-  presentation (plotting, report
 
 The core never imports the analyses or the presentation, the analyses never import the presentation, and no
 module imports itself round a cycle, at any depth. The package facades (``interp/__init__.py``,
-``analyses/__init__.py``), which map public names to modules for lazy import, sit on top.
+``analyses/__init__.py``, ``interp/features/__init__.py``), which map public names to modules for lazy import,
+sit on top.
 """
 
 import ast
@@ -15,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESENTATION = ("interp.plotting", "interp.report", "interp.cli", "interp.bench")
-FACADES = ("interp", "analyses")
+FACADES = ("interp", "analyses", "interp.features")
 
 
 def module_name(path: Path) -> str:

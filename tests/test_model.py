@@ -191,7 +191,7 @@ def test_the_core_never_imports_the_analyses():
 
     core = ["interp.model", "interp.loading", "interp.hooks", "interp.tokens", "interp.engine", "interp.residual",
             "interp.ablation", "interp.scan", "interp.patching", "interp.path_patching", "interp.metrics",
-            "interp.select", "interp.probes", "interp.export", "interp.plotting"]
+            "interp.select", "interp.prompts", "interp.export", "interp.plotting"]
     code = ("import sys, importlib\n"
             f"for m in {core!r}: importlib.import_module(m)\n"
             "print(sorted(k for k in sys.modules if k == 'analyses' or k.startswith('analyses.')))")

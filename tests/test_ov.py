@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 import interp
-from interp import probes
+from interp import prompts
 from analyses import ov, ov_rank
 from interp.threads import one_thread
 from interp import testing
@@ -255,7 +255,7 @@ def test_replacement_hooks_are_removed_after_an_exception(small_folded):
 
 def test_rank_k_loss_finds_the_rank_the_induction_head_uses(planted):
     m = planted
-    tokens = probes.repeated_tokens(m, n_prompts=4, half=12)
+    tokens = prompts.repeated_tokens(m, n_prompts=4, half=12)
     df = ov_rank.rank_k_loss(m, tokens, heads=[(1, 0), (0, 0)], ks=[0, 16, 32, 64], progress=False)
     assert list(df.columns) == ["layer", "head", "k", "loss", "clean_loss", "delta"]
     logits = m(tokens)

@@ -1,4 +1,4 @@
-"""Feature pages (interp.features.pages, .stats): planted features, streaming against a one-shot reference,
+"""Feature pages (interp.report.feature_pages, interp.features.stats): planted features, streaming against a one-shot reference,
 logit effects against Hugging Face's weights, direct feature attribution against the model's own z, the CLI."""
 
 import json
@@ -317,7 +317,7 @@ def test_cli_writes_both_files_or_none(cli_setup, monkeypatch, capsys):
     assert (d / "f.json").read_text() == "old"
     monkeypatch.undo()
     # Rendering the second file fails: neither is written (each is rendered beside its target, then renamed).
-    from interp.features.pages import FeaturePages
+    from interp.report.feature_pages import FeaturePages
 
     def broken(self, indent=None):
         raise OSError(28, "No space left on device")

@@ -9,7 +9,7 @@ import torch
 
 import hf_reference as ref
 import interp
-from interp import InterpError, probes
+from interp import InterpError, prompts
 from interp.cli import main
 from interp.metrics import LogitDiff, Loss
 from interp.patching import HEAD_SITES, SITES, patch
@@ -33,8 +33,8 @@ def pair(model, n=3, P=8, seed=0):
 
 
 def induction_pair(model, n=8, half=12, seed=1):
-    """``[BOS] r r[:-1]`` and the same with the first copy of the query token replaced (interp.probes)."""
-    return probes.induction_pair(model, n, half, seed=seed)
+    """``[BOS] r r[:-1]`` and the same with the first copy of the query token replaced (interp.prompts)."""
+    return prompts.induction_pair(model, n, half, seed=seed)
 
 
 def one(df, column="value") -> float:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import interp
-from interp import selfcheck
+from analyses import selfcheck
 from interp.cli import main
-from interp.selfcheck import Expected, NextTokens, Pattern, check_gpt2, format_checks
+from analyses.selfcheck import Expected, NextTokens, Pattern, check_gpt2, format_checks
 from interp.testing import PLANTED_HEADS, planted_hf_model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Context, Row, peak_memory, section, timed
+from .core import Context, Row, peak_memory, section, timed
 
 
 @section("lens")
@@ -52,12 +52,12 @@ def bench_lens(ctx: Context) -> list[Row]:
 
 # ---- heads (analyses.heads): classification vs a forward pass, vs detect_head, peak memory
 def _heads_word_prompts(model, n_prompts: int, n_pos: int, seed: int = 0) -> list[str]:
-    """``[BOS] + r + r`` as whole-word text (:func:`interp.probes.repeated_words`), ``n_pos`` tokens or one fewer.
+    """``[BOS] + r + r`` as whole-word text (:func:`interp.prompts.repeated_words`), ``n_pos`` tokens or one fewer.
 
     ``detect_head`` takes strings only and re-tokenizes them; these give it and us the very same
     tokens (checked below), so both sides score identical inputs.
     """
-    from ..probes import repeated_words
+    from ..prompts import repeated_words
 
     prompts = repeated_words(model, n_prompts, (n_pos - 1) // 2, seed=seed)
     ours = model.tokenize(prompts).tokens

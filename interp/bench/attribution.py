@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Context, Row, compare, section, timed
+from .core import Context, Row, compare, section, timed
 
 
 @section("attribute")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import Context, Ratio, Row, section
+from .core import Context, Ratio, Row, section
 
 D_IN, D_SAE, K, N = 768, 24576, 32, 4096
 

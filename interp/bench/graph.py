@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from . import Context, Row, peak_memory, section, timed
+from .core import Context, Row, peak_memory, section, timed
 
 D_TRANSCODER = 4096
 ACTIVE_FRACTION = 0.015

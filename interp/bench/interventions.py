@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from . import Context, Row, compare, section, timed
+from .core import Context, Row, compare, section, timed
 
 
 @section("forward")

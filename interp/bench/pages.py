@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from . import Context, Ratio, Row, peak_memory, section, timed
+from .core import Context, Ratio, Row, peak_memory, section, timed
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -61,7 +61,7 @@ def _harvest(model, sae, docs, tokens: int, encode: bool = True) -> int:
 def bench_pages(ctx: Context) -> list[Row]:
     """Pages for every feature over 1M tokens / the same pass without statistics; peak memory 100k vs 1M tokens."""
     from ..cli.features import token_count
-    from ..features.pages import dashboard
+    from ..report.feature_pages import dashboard
 
     model, sae, docs = _setup()
     n = token_count(os.environ.get("INTERP_BENCH_PAGES_TOKENS", "1M"))

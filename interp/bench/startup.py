@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import Context, Row, section
+from .core import Context, Row, section
 
 ROOT = Path(__file__).resolve().parents[2]
 REPEATS = 5

@@ -3,7 +3,7 @@ the default training of the bundled model."""
 
 from __future__ import annotations
 
-from . import Context, Row, compare, section, timed
+from .core import Context, Row, compare, section, timed
 
 PAIRS = 3
 

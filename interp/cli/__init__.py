@@ -20,7 +20,7 @@ import warnings
 from typing import Callable, Optional
 
 from ..errors import InterpError, InterpWarning
-from . import ablate, check, circuits, compose, discovery, features, graph, heads, lens, misc, ov, report, sae
+from . import ablate, check, compose, discovery, features, graph, heads, lens, misc, ov, patching, report, sae
 
 #: name -> (add the subparser, run it).
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -31,8 +31,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "report": (report.add, report.run),
     "ov": (ov.add, ov.run),
     "ablate": (ablate.add, ablate.run),
-    "patch": (circuits.add_patch, circuits.run_patch),
-    "path-patch": (circuits.add_path_patch, circuits.run_path_patch),
+    "patch": (patching.add_patch, patching.run_patch),
+    "path-patch": (patching.add_path_patch, patching.run_path_patch),
     "attribute": (discovery.add_attribute, discovery.run_attribute),
     "circuit": (discovery.add_circuit, discovery.run_circuit),
     "compose": (compose.add, compose.run),

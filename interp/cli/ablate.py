@@ -11,6 +11,12 @@ from .common import (Outputs, add_model_args, add_output_args, add_progress, che
 NAME = "ablate"
 
 
+#: What the library's refusals (interp.ablation.check_method) call its arguments here.
+CLI_NAMES = {"method": "--method", "reference": "--reference", "keys": "--keys", "renormalize": "--renormalize",
+             "seed": "--seed", "reference_is": "a text FILE whose mean activations replace the head's (it may be the "
+             "--text file itself)", "keys_are": "previous, self, bos or positions such as '0,3'"}
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         NAME, help="ablate heads (zero, mean, resample, pattern) and report how a metric changes",
@@ -56,8 +62,9 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import metrics, probes, select
-    from ..ablation import KEY_NAMES
+    from .. import metrics, prompts, select
+    from ..ablation import KEY_NAMES, check_method
+    from ..patching import by_strength
     from ..scan import scan
 
     if args.scan == (args.heads is not None):
@@ -74,20 +81,14 @@ def run(args: argparse.Namespace) -> int:
         raise InterpError("--metric prob needs --target TOKEN")
     if args.metric == "loss" and (args.target is not None or args.contrast is not None):
         raise InterpError("--target/--contrast go with --metric logit_diff or prob")
-    if args.method in ("mean", "mean_pos") and args.reference is None:
-        raise InterpError(f"--method {args.method} needs --reference FILE: the text whose mean activations replace "
-                          "the head's (it may be the --text file itself)")
-    if args.method not in ("mean", "mean_pos", "resample") and args.reference is not None:
-        raise InterpError(f"--reference goes with --method mean, mean_pos or resample, not {args.method}")
     keys = args.keys
-    if (keys is not None) != (args.method == "pattern"):
-        raise InterpError("--method pattern needs --keys (previous, self, bos or positions '0,3')"
-                          if keys is None else "--keys goes with --method pattern")
-    if keys is not None and keys not in KEY_NAMES:
+    if keys is not None and keys not in KEY_NAMES and args.method == "pattern":
         try:
             keys = [int(k) for k in keys.split(",")]
         except ValueError:
-            raise InterpError(f"--keys {args.keys!r}: use {', '.join(KEY_NAMES)} or positions such as '0,3'") from None
+            raise InterpError(f"unknown --keys {args.keys!r}: use {CLI_NAMES['keys_are']}") from None
+    check_method(args.method, reference=args.reference is not None, keys=keys, renormalize=args.renormalize,
+                 seed=args.seed, names=CLI_NAMES)
     if args.window is not None and args.text is None and args.reference is None:
         raise InterpError("--window sets the windows of --text / --reference: give one of them")
     check_file(args.text, "--text")
@@ -101,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
         raise InterpError(f"--window {args.window}: out of range; the model's context window is {model.cfg.n_ctx} tokens")
     window = args.window or min(128, model.cfg.n_ctx)
     if text is not None:
-        inputs, what = probes.text_windows(model, text, window, max_windows=args.max_windows), args.text
+        inputs, what = prompts.text_windows(model, text, window, max_windows=args.max_windows), args.text
     elif args.prompt:
         inputs, what = args.prompt, f"{len(args.prompt)} prompt(s)"
     else:
         half = min(32, (model.cfg.n_ctx - 1) // 2)
-        inputs, what = probes.repeated_tokens(model, 8, half), f"8 repeated random-token sequences [BOS] + r + r (|r| = {half})"
-    reference = None if reference_text is None else probes.text_windows(model, reference_text, window)
+        inputs, what = prompts.repeated_tokens(model, 8, half), f"8 repeated random-token sequences [BOS] + r + r (|r| = {half})"
+    reference = None if reference_text is None else prompts.text_windows(model, reference_text, window)
     target = None if args.target is None else select.cli_token(args.target)
     contrast = None if args.contrast is None else select.cli_token(args.contrast)
     metric = {"loss": lambda: "loss",
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
           f"metric {df['metric'].iloc[0]}, clean {df['clean'].iloc[0]:.4f}")
     shown = df[["variant", "layer", "head", "clean", "ablated", "delta"]]
     if args.scan:
-        shown = shown.reindex(shown["delta"].abs().sort_values(ascending=False, kind="stable").index)
+        shown = by_strength(shown, "delta")
     print_table(shown, max_rows=args.top)
     out.add_table(df)
     if out.image:

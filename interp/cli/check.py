@@ -25,7 +25,7 @@ def add(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import selfcheck
+    from analyses import selfcheck
     from ..errors import InterpError
     from .common import load_model
 

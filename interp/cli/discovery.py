@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import InterpError
-from .circuits import _add_pair, _check_pair, _pair_and_metric
+from .patching import _add_pair, _check_pair, _pair_and_metric
 from .common import (Outputs, add_model_args, add_progress, count, load_model, print_table,
                      progress)
 

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise InterpError(f"{option} {source}: {e}" if source else str(e)) from None
     outputs = Outputs(args, table=False, image=False)
     model = _load_model(args, sae)
-    from ..features.pages import dashboard
+    from ..report.feature_pages import dashboard
 
     pages = dashboard(
         model, sae, docs, features=args.features, top=args.top, sort=args.sort, tokens=args.tokens, n_ctx=args.n_ctx,

@@ -16,7 +16,7 @@ def add(sub) -> None:
         NAME, help="classify every attention head: previous-token, self, duplicate-token, induction, BOS, spread",
         description="Score every attention head on six kinds in one batched forward pass and label it with the "
         "best kind above its threshold. With no input options the inputs are 16 repeated random-token "
-        "sequences [BOS] + r + r (the standard induction / duplicate-token probe).",
+        "sequences [BOS] + r + r (the standard induction / duplicate-token input).",
     )
     add_model_args(p)
     g = p.add_argument_group("inputs (default: 16 repeated random-token sequences)")
@@ -92,15 +92,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(model, args, prompts: list, document) -> list:
-    from .. import probes
+def _inputs(model, args, given: list, document) -> list:
+    from .. import prompts
 
-    inputs: list = list(prompts)
+    inputs: list = list(given)
     if document is not None:
-        inputs += probes.rows(probes.text_windows(model, document))
-    n_repeated = args.repeated if args.repeated is not None else (0 if inputs else probes.DEFAULT_N_PROMPTS)
+        inputs += prompts.rows(prompts.text_windows(model, document))
+    n_repeated = args.repeated if args.repeated is not None else (0 if inputs else prompts.DEFAULT_N_PROMPTS)
     if n_repeated:
-        inputs += list(probes.repeated_tokens(model, n_repeated, args.half, seed=args.seed))
+        inputs += list(prompts.repeated_tokens(model, n_repeated, args.half, seed=args.seed))
     elif args.half is not None:
         raise InterpError("--half sets the length of repeated random tokens, but none are used (--repeated 0)")
     if not inputs:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     _check(model, args, ranks)
     from analyses import ov, ov_rank
 
-    from ..probes import text_windows
+    from ..prompts import text_windows
 
     inputs = None if text is None else text_windows(model, text, max_windows=args.max_windows)
     view = ov_rank.ov_view(model, args.layer, args.head, ks=ranks, inputs=inputs, n_directions=args.directions,

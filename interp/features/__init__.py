@@ -10,7 +10,10 @@ Each name is imported on first use (PEP 562), like :mod:`interp`'s own:
   (:mod:`interp.features.evaluation`), :func:`splice` (:mod:`interp.features.splice`);
 * :func:`attribution_graph`, :class:`AttributionGraph` (:mod:`interp.features.graph`) — which features
   caused an output, through transcoders (circuit-tracer's graphs); :func:`qk_attribution`
-  (:mod:`interp.features.qk`) — why a head attends; :func:`load_transcoders` — transcoder sets on disk.
+  (:mod:`interp.features.qk`) — why a head attends; :func:`load_transcoders` — transcoder sets on disk;
+* :func:`dashboard`, :class:`FeaturePages` (:mod:`interp.report.feature_pages`, presentation: this
+  package's facade reaches up to it) — what each feature responds to, as one HTML page and
+  Neuronpedia-shaped JSON.
 
 >>> import interp.features as features
 >>> features.SAEConfig("standard", d_in=4, d_sae=8).d_out
@@ -30,8 +33,8 @@ _EXPORTS = {
     "train": ".training",
     "evaluate": ".evaluation",
     "splice": ".splice",
-    "dashboard": ".pages",
-    "FeaturePages": ".pages",
+    "dashboard": "interp.report.feature_pages",
+    "FeaturePages": "interp.report.feature_pages",
     "attribution_graph": ".graph",
     "AttributionGraph": ".graph",
     "qk_attribution": ".qk",

@@ -11,7 +11,7 @@
   position split over the source positions attention reads, from ``pattern`` and ``v`` as the
   model's hooks give them (never recomputed).
 
-:mod:`interp.features.pages` shows them on each feature's page.
+:mod:`interp.report.feature_pages` shows them on each feature's page.
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ def resid_directions(model, sae, features: list[int]) -> Optional[Float[Tensor, 
             rows = sae.decode(eye) - sae.decode(torch.zeros_like(eye[:1]))
         rows = rows.to(model.W_U.dtype).to(model.W_U.device)
         if name.endswith("attn.hook_z"):
-            H, D = model.cfg.n_heads, model.cfg.d_head
-            rows = torch.einsum("nhd,hdm->nm", rows.view(-1, H, D), model.W_O[layer])
+            rows = model.head_write(layer, rows.view(-1, model.cfg.n_heads, model.cfg.d_head), sum_heads=True)
         elif name.endswith("mlp.hook_post"):
             rows = rows @ model.W_out[layer]
     return rows

@@ -731,12 +731,9 @@ class Binding:
                               f"{name} has lost {what}: load the model with fold_ln=False")
         if kind == "centred":
             return ("centre",)
-        layer = name.split(".")
-        if name.startswith("ln_final"):
-            w, b = self.model.lnf_w, self.model.lnf_b
-        else:
-            idx, ln = int(layer[1]), layer[2]
-            w, b = (self.model.ln1_w[idx], self.model.ln1_b[idx]) if ln == "ln1" else (self.model.ln2_w[idx], self.model.ln2_b[idx])
+        parts = name.split(".")
+        w, b = (self.model.ln_weights("ln_final") if name.startswith("ln_final")
+                else self.model.ln_weights(parts[2], int(parts[1])))
         if bool((w == 0).any()):
             raise InterpError(f"cannot convert {name} to fold_ln=True: its LayerNorm has a zero gain")
         return ("ln", w, b)

@@ -26,7 +26,7 @@ histogram and the counts are sums of integers; the choices are total orders on k
 
 The first position of each window (its BOS) is left out of every statistic and every choice: a
 feature's activation on the artificial BOS that starts each window says nothing about the text.
-Nothing here knows about models: :mod:`interp.features.pages` feeds it.
+Nothing here knows about models: :mod:`interp.report.feature_pages` feeds it.
 
 >>> import torch
 >>> s = FeatureStats(2, n_examples=1, left=1, right=1)

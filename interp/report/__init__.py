@@ -124,7 +124,9 @@ class Report:
 
     def html(self) -> str:
         """The report as one self-contained HTML page (see the module docs)."""
-        return render(self)
+        from .trajectory import trajectory_section
+
+        return render(self, trajectory_section(self))
 
     def save(self, path: Any = None, *, png: Any = None, svg: Any = None, csv: Any = None,
              progress: Optional[bool] = None) -> None:
@@ -150,8 +152,8 @@ class Report:
         out.commit(progress, desc="report")
 
     def _repr_html_(self) -> str:
-        """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
-        from .notebook import iframe
+        """Jupyter's inline display: the page in a sandboxed iframe (see :func:`interp.report.html.iframe`)."""
+        from .html import iframe
 
         return iframe(self.html(), title=f"Attention report · {self.model_name}")
 

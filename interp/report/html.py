@@ -144,7 +144,7 @@ def _sha256(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
-def render(r) -> str:
+def render(r, trajectory: str = "") -> str:
     """The :class:`~interp.report.Report` as one self-contained HTML page."""
     from interp import __version__
 
@@ -154,18 +154,28 @@ def render(r) -> str:
            "img-src data:; base-uri 'none'; form-action 'none'")
     return _PAGE.format(
         csp=csp, version=__version__, title=html.escape(f"Attention report · {r.model_name}"), css=css,
-        data=json_for_script(_page_data(r)), js=js, trajectory=_trajectory_section(r),
+        data=json_for_script(_page_data(r)), js=js, trajectory=trajectory,
     )
 
 
-def _trajectory_section(r) -> str:
-    """The prediction trajectory, drawn here as static SVG (no script needed; presentation attributes only)."""
-    if getattr(r, "trajectory", None) is None:
-        return ""
-    from .trajectory import trajectory_svg
+#: A notebook frame's height: the header and a head's heatmap; the page scrolls inside it.
+HEIGHT = 900
 
-    about = ("What each lens predicts at every layer boundary: rows are the residual stream entering each block "
-             "(embed) and after each block (the top row is the model's output), each cell the lens's top next "
-             "token, coloured by its distribution's entropy (dark: sure). Hover a cell for its numbers.")
-    return (f'<h2>Prediction trajectory</h2>\n<p class="meta">{html.escape(about)}</p>\n'
-            f'<div class="trajectory">{trajectory_svg(r.trajectory, color="entropy")}</div>')
+
+def iframe(page: str, height: int = HEIGHT, title: str = "interp report") -> str:
+    """An HTML page as a sandboxed ``<iframe srcdoc=…>`` element, for a notebook output.
+
+    A notebook inserts an output's HTML into its own page, where the page's Content-Security-Policy
+    (a ``<meta>`` of its ``<head>``) would not apply and its script would meet the notebook's DOM.
+    In an ``<iframe>`` whose ``srcdoc`` is the whole page, escaped, the page is its own document with
+    its own CSP, and ``sandbox="allow-scripts"`` (no ``allow-same-origin``) runs its script in an
+    opaque origin that cannot reach the notebook, its cookies or storage.
+
+    >>> iframe("<p>a & b</p>", 100)[:70]
+    '<iframe srcdoc="&lt;p&gt;a &amp; b&lt;/p&gt;" sandbox="allow-scripts" '
+    """
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" sandbox="allow-scripts" title="{html.escape(title)}" '
+        f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd; resize: vertical; overflow: auto" '
+        'loading="eager"></iframe>'
+    )

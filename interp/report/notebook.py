@@ -11,27 +11,10 @@ page scrolls inside it) and can be resized by dragging its corner.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from ..errors import InterpError
-
-#: The frame's height: the header and a head's heatmap; the report scrolls inside it.
-HEIGHT = 900
-
-
-def iframe(page: str, height: int = HEIGHT, title: str = "interp report") -> str:
-    """An HTML page as a sandboxed ``<iframe srcdoc=…>`` element, for a notebook output.
-
-    >>> iframe("<p>a & b</p>", 100)[:70]
-    '<iframe srcdoc="&lt;p&gt;a &amp; b&lt;/p&gt;" sandbox="allow-scripts" '
-    """
-    return (
-        f'<iframe srcdoc="{html.escape(page, quote=True)}" sandbox="allow-scripts" title="{html.escape(title)}" '
-        f'style="width: 100%; height: {int(height)}px; border: 1px solid #ddd; resize: vertical; overflow: auto" '
-        'loading="eager"></iframe>'
-    )
-
+from .html import HEIGHT, iframe  # noqa: F401  (re-exported: the notebook's names)
 
 def show(model: Any, prompt: Any = None, head: Any = None, **kwargs: Any):
     """A quick look at heads' attention on a prompt: a :class:`~interp.report.Report` that a notebook shows inline;

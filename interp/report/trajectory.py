@@ -204,3 +204,14 @@ def trajectory_html(df: pd.DataFrame, *, prompt: int = 0, colors: Any = None) ->
               "model's own output · hover a cell for its numbers")
     return _PAGE.format(csp=csp, title=esc(f"Prediction trajectory · {a.get('model', '')}"), css=_CSS,
                         meta=esc(meta), sections=sections)
+
+
+def trajectory_section(r) -> str:
+    """The prediction trajectory, drawn here as static SVG (no script needed; presentation attributes only)."""
+    if getattr(r, "trajectory", None) is None:
+        return ""
+    about = ("What each lens predicts at every layer boundary: rows are the residual stream entering each block "
+             "(embed) and after each block (the top row is the model's output), each cell the lens's top next "
+             "token, coloured by its distribution's entropy (dark: sure). Hover a cell for its numbers.")
+    return (f'<h2>Prediction trajectory</h2>\n<p class="meta">{html.escape(about)}</p>\n'
+            f'<div class="trajectory">{trajectory_svg(r.trajectory, color="entropy")}</div>')

@@ -41,8 +41,8 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import InterpError
-from .model import HookedGPT2
+from interp.errors import InterpError
+from interp.model import HookedGPT2
 
 TL_ACCEPTANCE = "TransformerLens acceptance test (loss_store['gpt2-small'])"
 COURSE = "course example quoted in issue #16"

@@ -40,8 +40,8 @@ from torch import Tensor
 from .. import hooks as hk
 from ..errors import InterpError
 from ..threads import one_thread
-from .effects import dfa_encoder, dfa_fn, logit_tables, resid_directions
-from .stats import FeatureStats
+from ..features.effects import dfa_encoder, dfa_fn, logit_tables, resid_directions
+from ..features.stats import FeatureStats
 
 __all__ = ["dashboard", "FeaturePages", "SORTS"]
 
@@ -101,13 +101,13 @@ class FeaturePages:
 
     def html(self) -> str:
         """One self-contained HTML page (see :mod:`interp.report.features`)."""
-        from ..report.features import render
+        from .features import render
 
         return render(self)
 
     def _repr_html_(self) -> str:
-        """Jupyter's inline display: the page in a sandboxed iframe (see :mod:`interp.report.notebook`)."""
-        from ..report.notebook import iframe
+        """Jupyter's inline display: the page in a sandboxed iframe (see :func:`interp.report.html.iframe`)."""
+        from .html import iframe
 
         return iframe(self.html(), title=self.meta.get("title", "feature pages"))
 

@@ -1,12 +1,12 @@
-"""Inputs every analysis shares: the standard probe, long texts cut into windows, prompt files.
+"""Inputs every analysis shares: repeated random tokens, long texts cut into windows, prompt files.
 
-* :func:`repeated_tokens` — the standard induction / duplicate-token probe, a random
+* :func:`repeated_tokens` — the standard induction / duplicate-token input, a random
   sequence followed by its repeat, seeded and reproducible: the default input of
   ``interp heads``, ``ablate``, ``ov --rank`` and ``patch``, so they measure the same thing;
 * :func:`text_windows` — one long text tokenized once and cut into windows that fit the
   context window, as a padded :class:`~interp.tokens.Batch` (the one text-to-batch path);
 * :func:`read_prompts` — a text file with one prompt per line;
-* :func:`sequences` — any input (prompts, token ids, a Batch, the probe) as checked 1-D
+* :func:`sequences` — any input (prompts, token ids, a Batch, repeated tokens) as checked 1-D
   token sequences, for analyses that score prompts one by one (the head detectors).
 """
 
@@ -33,7 +33,7 @@ def vocabulary(model: HookedGPT2) -> Int[Tensor, " n_tokens"]:
 
     A model may have more embedding rows than its tokenizer has tokens (the
     offline random GPT-2 small pairs 50257 rows with a 2000-token tokenizer);
-    probes drawn from the rows nobody can type would measure nothing real.
+    inputs drawn from the rows nobody can type would measure nothing real.
 
     >>> from interp.testing import planted_model
     >>> vocabulary(planted_model())[:3].tolist()     # id 0 is <|endoftext|>
@@ -215,7 +215,7 @@ def read_prompts(path: Any) -> list[str]:
 def sequences(model: HookedGPT2, inputs: Any = None, *, prepend_bos: bool = True) -> list[Tensor]:
     """Normalise any input the head detectors accept into checked 1-D token sequences.
 
-    ``inputs`` may be None (the default probe, :func:`repeated_tokens`), a prompt,
+    ``inputs`` may be None (the default input, :func:`repeated_tokens`), a prompt,
     a list of prompts and/or 1-D token tensors, token ids ``[batch, pos]`` or
     ``[pos]``, or a :class:`~interp.tokens.Batch` (padding on either side is
     removed; e.g. :func:`text_windows`). Strings get BOS unless ``prepend_bos``
@@ -287,7 +287,7 @@ def _bos_id(model: HookedGPT2) -> int:
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if bos is None:
-        raise InterpError("the tokenizer has no BOS (or EOS) token to start probes with")
+        raise InterpError("the tokenizer has no BOS (or EOS) token to start the prompts with")
     return int(bos)
 
 

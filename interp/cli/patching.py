@@ -23,7 +23,7 @@ def _add_pair(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("or a standard task (interp.tasks: prompts and metric made for you)")
     t.add_argument("--task", choices=list(TASKS),
                    help="induction: [BOS] r r[:-1], corrupted = another first half; induction-key: only the earlier "
-                   "copy of the query token replaced (interp.probes.induction_pair); ioi (Wang et al. 2022); "
+                   "copy of the query token replaced (interp.prompts.induction_pair); ioi (Wang et al. 2022); "
                    "greater-than (Hanna et al. 2023)")
     t.add_argument("--n-prompts", type=count("a number of prompts"), default=8, help="with --task: pairs (default 8)")
     t.add_argument("--half", type=count("a length"), help="with an induction task: length of r (default 20, or what "
@@ -119,7 +119,7 @@ def add_patch(sub) -> None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from ..patching import HEAD_SITES, patch
+    from ..patching import HEAD_SITES, by_strength, patch
 
     _check_pair(args)
     by = args.by or ("head" if args.site in HEAD_SITES else "layer")
@@ -137,7 +137,7 @@ def run_patch(args: argparse.Namespace) -> int:
     print(f"activation patching of {model.cfg.name} (fold_ln={model.cfg.fold_ln}), site {args.site} by {by}; "
           f"{note}: clean {a['clean']:.4f}, corrupted {a['corrupted']:.4f}; effect = (patched - corrupted) / "
           "(clean - corrupted)")
-    shown = df.reindex(df["effect"].abs().sort_values(ascending=False, kind="stable").index)
+    shown = by_strength(df)
     print_table(shown[["layer", "head", "position", "site", "value", "effect"]], max_rows=args.top)
     out.add_table(df)
     if out.image:
@@ -179,6 +179,7 @@ def add_path_patch(sub) -> None:
 
 def run_path_patch(args: argparse.Namespace) -> int:
     from .. import select
+    from ..patching import by_strength
     from ..path_patching import path_patch_senders
 
     _check_pair(args)
@@ -191,7 +192,7 @@ def run_path_patch(args: argparse.Namespace) -> int:
     a = df.attrs
     print(f"path patching of {model.cfg.name} into {df['receiver'].iloc[0]} (MLPs {args.mlps}); {note}: "
           f"clean {a['clean']:.4f}, corrupted {a['corrupted']:.4f}")
-    shown = df.reindex(df["effect"].abs().sort_values(ascending=False, kind="stable").index)
+    shown = by_strength(df)
     print_table(shown[["sender_layer", "sender_head", "receiver", "effect"]], max_rows=args.top)
     out.add_table(df)
     if out.image:
