@@ -21,6 +21,8 @@ import html
 import math
 from typing import Any, Optional
 
+from .html import page_head
+
 __all__ = ["circuit_svg", "circuit_html", "CircuitPicture"]
 
 POSITIVE, NEGATIVE = "#1d4ed8", "#c2410c"
@@ -117,17 +119,7 @@ def circuit_svg(c) -> str:
     return "\n".join(out)
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<h1>{title}</h1>
+_PAGE = """{head}<h1>{title}</h1>
 <p class="meta">{meta}</p>
 <div class="picture">{svg}</div>
 <h2>Edges</h2>
@@ -161,7 +153,8 @@ def circuit_html(c) -> str:
             f"faithfulness {c.faithfulness:.3f} ({c.n_edges} of {len(c.candidates)} verified candidates, "
             f"{c.attrs.get('total_edges')} edges in the graph; all candidates: {c.faithfulness_candidates:.3f}) · "
             f"ranked by {c.method}, {c.ablation} ablation")
-    return _PAGE.format(csp=csp, title=esc(f"Circuit · {c.model}"), css=_CSS, meta=esc(meta), svg=circuit_svg(c),
+    title = esc(f"Circuit · {c.model}")
+    return _PAGE.format(head=page_head(csp, title, _CSS), title=title, meta=esc(meta), svg=circuit_svg(c),
                         rows=rows)
 
 

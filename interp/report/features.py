@@ -19,22 +19,11 @@ from __future__ import annotations
 
 import html
 
-from .html import _asset, _sha256, json_for_script, show_token
+from .html import _asset, _sha256, json_for_script, page_head, show_token
 
 __all__ = ["render", "display_token"]
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="interp {version}">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<header><h1 id="title"></h1><div class="meta" id="meta"></div><div id="notes"></div></header>
+_PAGE = """{head}<header><h1 id="title"></h1><div class="meta" id="meta"></div><div id="notes"></div></header>
 <noscript><p>This page draws itself with JavaScript; its data is in the JSON block of this file.</p></noscript>
 <div id="layout">
 <nav id="side">
@@ -121,10 +110,9 @@ def _page_data(p) -> dict:
 
 def render(p) -> str:
     """The :class:`~interp.features.FeaturePages` as one self-contained HTML page."""
-    from interp import __version__
 
     css, js = _asset("features.css"), _asset("features.js")
     csp = (f"default-src 'none'; script-src '{_sha256(js)}'; style-src '{_sha256(css)}'; "
            "img-src data:; base-uri 'none'; form-action 'none'")
-    return _PAGE.format(csp=csp, version=__version__, title=html.escape(p.meta["title"]), css=css,
+    return _PAGE.format(head=page_head(csp, html.escape(p.meta["title"]), css),
                         data=json_for_script(_page_data(p)), js=js)

@@ -28,6 +28,8 @@ import html
 import math
 from typing import Optional, Sequence
 
+from .html import page_head
+
 __all__ = ["graph_svg", "graph_html", "FEATURE_LINK"]
 
 FEATURE_LINK = "features.html#L{layer}F{feature}"
@@ -207,17 +209,7 @@ var nodes=document.querySelectorAll('.node');for(var i=0;i<nodes.length;i++){(fu
 n.addEventListener('mouseenter',function(){mark(n.getAttribute('data-node'));});n.addEventListener('mouseleave',clear);})(nodes[i]);}
 document.body.setAttribute('data-ready','1');})();"""
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<h1>{title}</h1>
+_PAGE = """{head}<h1>{title}</h1>
 <p class="meta">{meta}</p>
 <div class="picture">{svg}</div>
 <h2>Features kept</h2>
@@ -276,7 +268,8 @@ def graph_html(g, *, qk: Sequence = (), feature_link: Optional[str] = FEATURE_LI
         meta += (f" · replacement score {g.replacement_score:.3f}, completeness {g.completeness_score:.3f} "
                  f"(of the pruned graph: {g.pruned_replacement_score:.3f}, {g.pruned_completeness_score:.3f})")
     link_note = _esc(feature_link) if feature_link else "no feature pages linked"
-    return _PAGE.format(csp=csp, title=_esc(f"Attribution graph · {_model_name(g)}"), css=_CSS, meta=_esc(meta),
+    title = _esc(f"Attribution graph · {_model_name(g)}")
+    return _PAGE.format(head=page_head(csp, title, _CSS), title=title, meta=_esc(meta),
                         svg=graph_svg(g, max_edges=max_edges, feature_link=feature_link), node_rows="".join(node_rows),
                         edge_rows="".join(edge_rows), qk=qk_html, js=_JS, link_note=link_note)
 

@@ -112,18 +112,7 @@ def _page_data(r) -> dict:
     }
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="interp {version}">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<header><h1 id="title"></h1><div class="meta" id="meta"></div><div id="notes"></div></header>
+_PAGE = """{head}<header><h1 id="title"></h1><div class="meta" id="meta"></div><div id="notes"></div></header>
 <noscript><p>This report draws itself with JavaScript; its data is in the JSON block of this file.</p></noscript>
 <h2>Prompt <span class="meta" id="n-tokens"></span></h2>
 <div id="tokens"></div>
@@ -144,16 +133,26 @@ def _sha256(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
 
 
+def page_head(csp: str, title: str, css: str) -> str:
+    """The start of every interp page up to ``<body>``: its Content-Security-Policy, ``title`` (already
+    escaped) and inline ``css``."""
+    from interp import __version__
+
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<meta name="generator" content="interp {__version__}">\n'
+            f"<title>{title}</title>\n<style>{css}</style>\n</head>\n<body>\n")
+
+
 def render(r, trajectory: str = "") -> str:
     """The :class:`~interp.report.Report` as one self-contained HTML page."""
-    from interp import __version__
 
     css, js = _asset("report.css"), _asset("report.js")
     # Only the inline style and script written here may run; nothing may be fetched.
     csp = (f"default-src 'none'; script-src '{_sha256(js)}'; style-src '{_sha256(css)}'; "
            "img-src data:; base-uri 'none'; form-action 'none'")
-    return _PAGE.format(
-        csp=csp, version=__version__, title=html.escape(f"Attention report · {r.model_name}"), css=css,
+    return _PAGE.format(head=page_head(csp, html.escape(f"Attention report · {r.model_name}"), css),
         data=json_for_script(_page_data(r)), js=js, trajectory=trajectory,
     )
 

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InterpError
-from .html import show_token
+from .html import page_head, show_token
 
 __all__ = ["trajectory_svg", "trajectory_html", "trajectory_layout", "TrajectoryLayout", "COLORS"]
 
@@ -158,17 +158,7 @@ def trajectory_svg(df: pd.DataFrame, *, color: str = "entropy", prompt: int = 0)
     return "\n".join(out)
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<h1>{title}</h1>
+_PAGE = """{head}<h1>{title}</h1>
 <p class="meta">{meta}</p>
 {sections}
 </body>
@@ -202,7 +192,8 @@ def trajectory_html(df: pd.DataFrame, *, prompt: int = 0, colors: Any = None) ->
             + (f" · tuned lens {a['tuned_lens']}" if a.get("tuned_lens") else "")
             + " · rows: the residual stream entering each block (embed) and after each block; the top row is the "
               "model's own output · hover a cell for its numbers")
-    return _PAGE.format(csp=csp, title=esc(f"Prediction trajectory · {a.get('model', '')}"), css=_CSS,
+    title = esc(f"Prediction trajectory · {a.get('model', '')}")
+    return _PAGE.format(head=page_head(csp, title, _CSS), title=title,
                         meta=esc(meta), sections=sections)
 
 
