@@ -48,7 +48,7 @@ def test_graph_page_renders_links_highlights_and_escapes(browser, tmp_path):
     # a feature links to its page by a stable anchor
     first = g.node(feats[0])
     link = p.page.locator(f'.node.feature[data-node="{feats[0]}"] a')
-    assert link.get_attribute("href") == f"features.html#L{first['layer']}F{first['feature']}"
+    assert link.get_attribute("href") == f"L{first['layer']}.html#f{first['feature']}"
     # hovering a node lights exactly its edges
     node = feats[0]
     p.page.locator(f'.node.feature[data-node="{node}"] circle').hover()

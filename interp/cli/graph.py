@@ -43,7 +43,7 @@ def add(sub) -> None:
     p.add_argument("--logit-prob", type=_fraction, default=0.95,
                    help="logit nodes until their probability reaches this (0.95)")
     p.add_argument("--batch-size", type=count("a batch size"), default=64, help="targets per backward pass (64)")
-    p.add_argument("--feature-link", default="features.html#L{layer}F{feature}",
+    p.add_argument("--feature-link", default="L{layer}.html#f{feature}",
                    help="where a feature's page is, {layer} and {feature} filled in (default features.html#L{layer}F{feature})")
     p.add_argument("--slug", help="the graph's name in the JSON (default: the --out file's stem)")
     p.add_argument("--top", type=count("a number of rows"), default=15, help="print the N most influential features (15)")
@@ -52,13 +52,12 @@ def add(sub) -> None:
 
 
 def _default_transcoders(model_spec: str) -> str:
-    from importlib import resources
+    from ..features.transcoders import bundled_transcoders
 
-    if model_spec == "interp-tiny":
-        path = resources.files("interp") / "bundled" / "interp-tiny" / "transcoders"
-        if Path(str(path)).is_dir():
-            return str(path)
-    raise InterpError(f"--transcoders: give a directory of transcoders for {model_spec} (only interp-tiny ships its own)")
+    path = bundled_transcoders(model_spec)
+    if path is None:
+        raise InterpError(f"--transcoders: give a directory of transcoders for {model_spec} (only interp-tiny ships its own)")
+    return str(path)
 
 
 def run(args: argparse.Namespace) -> int:

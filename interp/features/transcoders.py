@@ -34,7 +34,7 @@ import torch
 from ..errors import InterpError
 from .sae import SAE, SAEConfig, CFG_FILENAME
 
-__all__ = ["load_transcoders", "save_circuit_tracer", "fold_transcoder", "check_transcoders", "layer_of_transcoder"]
+__all__ = ["load_transcoders", "bundled_transcoders", "save_circuit_tracer", "fold_transcoder", "check_transcoders", "layer_of_transcoder"]
 
 PathLike = Union[str, os.PathLike]
 #: circuit-tracer's hook names (TransformerLens blocks' sub-hooks) -> interp's, per layer.
@@ -100,8 +100,23 @@ def check_transcoders(model, transcoders: Sequence[SAE]) -> list[SAE]:
 
 
 # ---------------------------------------------------------------------------- reading
+def bundled_transcoders(name: str) -> Optional[Path]:
+    """The directory of the transcoders a bundled model ships (``"interp-tiny"``), or None.
+
+    >>> bundled_transcoders("interp-tiny").name, bundled_transcoders("gpt2")
+    ('transcoders', None)
+    """
+    from ..loading import BUNDLED_DIR
+
+    path = BUNDLED_DIR / name / "transcoders"
+    return path if "/" not in name and path.is_dir() else None
+
+
 def load_transcoders(path: PathLike, *, dtype: Optional[str] = None, device: str = "cpu") -> list[SAE]:
     """Read a transcoder set (see the module docs for the formats) as a list of SAEs in layer order.
+
+    ``path``: a directory, or the name of a bundled model that ships transcoders
+    (``load_transcoders("interp-tiny")``, :func:`bundled_transcoders`).
 
     >>> import tempfile
     >>> saes = [SAE(SAEConfig("standard", d_in=4, d_sae=8, hook_name=f"blocks.{i}.ln2.hook_normalized",
@@ -112,6 +127,8 @@ def load_transcoders(path: PathLike, *, dtype: Optional[str] = None, device: str
     >>> [layer_of_transcoder(s) for s in back], bool((back[1].W_enc == saes[1].W_enc).all())
     ([0, 1], True)
     """
+    if not Path(path).exists() and bundled_transcoders(str(path)) is not None:
+        path = bundled_transcoders(str(path))  # a bundled model's name: its own transcoders
     path = Path(path)
     if not path.is_dir():
         raise InterpError(f"transcoders {path}: not a directory")

@@ -10,7 +10,7 @@ growing with ``√|weight|``; only the ``max_edges`` strongest kept edges are dr
 table lists every kept edge). Hovering shows a node's or edge's numbers (an SVG ``<title>``).
 
 Clicking a feature opens its feature page (issue 24's dashboards): the link is
-``feature_link.format(layer=…, feature=…)``, by default ``features.html#L{layer}F{feature}`` —
+``feature_link.format(layer=…, feature=…)``, by default ``L{layer}.html#f{feature}`` (the page ``interp features`` writes for layer L's transcoder, opened at the feature) —
 a page named ``features.html`` beside the graph with one anchor per feature. Pass another
 template (e.g. ``"pages/L{layer}.html#f{feature}"``) where the pages live elsewhere.
 
@@ -32,7 +32,7 @@ from .html import page_head
 
 __all__ = ["graph_svg", "graph_html", "FEATURE_LINK"]
 
-FEATURE_LINK = "features.html#L{layer}F{feature}"
+FEATURE_LINK = "L{layer}.html#f{feature}"
 #: At most this many nodes are drawn in one (layer, position) cell, the most influential (the tables list all).
 MAX_PER_CELL = 40
 POSITIVE, NEGATIVE = "#1d4ed8", "#c2410c"
