@@ -143,7 +143,8 @@ class AttributionGraph:
             d["cumulative"] = float(self.cumulative[i]) if self.cumulative is not None else None
             rows.append(d)
         cols = ["node", "kind", "layer", "pos", "feature", "token", "activation", "influence", "cumulative", "label"]
-        return pd.DataFrame(rows, columns=cols)
+        # layer and feature are None for some kinds of node: integers with gaps, not floats
+        return pd.DataFrame(rows, columns=cols).astype({"layer": "Int64", "pos": "Int64", "feature": "Int64"})
 
     def edges(self):
         """A tidy DataFrame of the kept edges: source, target (node indices and labels), weight."""
