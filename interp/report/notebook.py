@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import InterpError
 from .html import HEIGHT, iframe  # noqa: F401  (re-exported: the notebook's names)
 
+
 def show(model: Any, prompt: Any = None, head: Any = None, **kwargs: Any):
     """A quick look at heads' attention on a prompt: a :class:`~interp.report.Report` that a notebook shows inline;
     or ``show(circuit)``: a discovered :class:`~interp.discovery.Circuit`, drawn.
