@@ -127,8 +127,8 @@ def load_transcoders(path: PathLike, *, dtype: Optional[str] = None, device: str
     >>> [layer_of_transcoder(s) for s in back], bool((back[1].W_enc == saes[1].W_enc).all())
     ([0, 1], True)
     """
-    if not Path(path).exists() and bundled_transcoders(str(path)) is not None:
-        path = bundled_transcoders(str(path))  # a bundled model's name: its own transcoders
+    if not Path(path).exists():
+        path = bundled_transcoders(str(path)) or path  # a bundled model's name: its own transcoders
     path = Path(path)
     if not path.is_dir():
         raise InterpError(f"transcoders {path}: not a directory")
@@ -288,7 +288,7 @@ def fold_transcoder(sae: SAE, raw_model) -> SAE:
         W_skip = sae.W_skip
         b_extra = None
         if c.hook_name.endswith("ln2.hook_normalized"):
-            w, b = raw_model.ln2_w[layer].to(dt), raw_model.ln2_b[layer].to(dt)
+            w, b = (t.to(dt) for t in raw_model.ln_weights("ln2", layer))
             b_enc = b_enc + b @ W_enc
             W_enc = w[:, None] * W_enc
             if W_skip is not None:
