@@ -8,6 +8,7 @@ biases and every bias random; the parity with circuit-tracer itself is tests/tes
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -126,6 +127,22 @@ def test_batch_size_and_row_cache_do_not_change_the_graph(fixture_models):
     assert b.info["rows_recomputed"] > a.info["rows_recomputed"] == 0
     assert torch.equal(a.node_mask, b.node_mask) and torch.equal(a.edge_sources, b.edge_sources)
     torch.testing.assert_close(a.edge_weights, b.edge_weights, rtol=1e-12, atol=1e-14)
+
+
+def test_the_edge_table_names_each_end_and_its_position(fixture_models):
+    model, tcs = fixture_models[False]
+    g = attribution_graph(model, tcs, torch.tensor(PROMPT), progress=False)
+    edges, nodes = g.edges(), g.nodes(kept=False).set_index("node")
+    assert len(edges) == g.n_edges
+    for end in ("source", "target"):
+        for i, pos, label in zip(edges[end], edges[f"{end}_pos"], edges[f"{end}_label"]):
+            node = nodes.loc[i]
+            if node["kind"] == "logit":
+                assert pd.isna(pos) and label == f"logit {node['token']!r}"
+            else:
+                assert pos == node["pos"] and label.endswith(f" @{pos}")
+                assert label.startswith("token " if node["kind"] == "token" else node["label"])
+    assert {"feature", "token", "logit"} <= set(nodes.loc[edges["source"].tolist() + edges["target"].tolist(), "kind"])
 
 
 def test_logit_nodes_are_the_likeliest_tokens_until_the_wanted_probability(fixture_models):

@@ -147,13 +147,25 @@ class AttributionGraph:
         return pd.DataFrame(rows, columns=cols).astype({"layer": "Int64", "pos": "Int64", "feature": "Int64"})
 
     def edges(self):
-        """A tidy DataFrame of the kept edges: source, target (node indices and labels), weight."""
+        """A tidy DataFrame of the kept edges: source, target (node indices), weight, source_pos, target_pos, and
+        labels that say where each node is (``L0 F770 @4``, ``token ' queue' @3``, ``logit ' number'``)."""
         import pandas as pd
 
         s, t, w = self.edge_sources.tolist(), self.edge_targets.tolist(), self.edge_weights.tolist()
+        where = {i: self._placed(i) for i in set(s) | set(t)}
         return pd.DataFrame({"source": s, "target": t, "weight": w,
-                             "source_label": [self.node(i)["label"] for i in s],
-                             "target_label": [self.node(i)["label"] for i in t]})
+                             "source_pos": pd.array([where[i][0] for i in s], dtype="Int64"),
+                             "target_pos": pd.array([where[i][0] for i in t], dtype="Int64"),
+                             "source_label": [where[i][1] for i in s], "target_label": [where[i][1] for i in t]})
+
+    def _placed(self, i: int) -> tuple[Optional[int], str]:
+        """Node ``i``'s position (None for a logit) and a label that names the position."""
+        d = self.node(i)
+        if d["kind"] == "logit":
+            return None, f"logit {d['token']!r}"
+        if d["kind"] == "token":
+            return d["pos"], f"token {d['token']!r} @{d['pos']}"
+        return d["pos"], f"{d['label']} @{d['pos']}"
 
     def __repr__(self) -> str:
         kept = int(self.node_mask[: self.n_features].sum())
