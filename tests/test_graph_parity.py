@@ -3,7 +3,9 @@
 tools/circuit_tracer_fixtures.py ran circuit-tracer (float64) on a random 3-layer GPT-2 with
 random LayerNorm gains and biases and every bias random, and two transcoder sets in its format
 (ReLU; JumpReLU with skip connections); its files and outputs are the fixtures. interp reads the
-same files: raw, and folded (the transcoders rewritten by ``fold_transcoder``).
+same files: raw, and folded (the transcoders rewritten by ``fold_transcoder``). Two 6-token prompts
+with each set, and the model's whole 16-token context with the second (251 features, so interp's
+16-row batches, its row cache and the pruning see many rows).
 """
 
 import json
@@ -18,7 +20,7 @@ from interp.features.graph import attribution_graph
 from interp.features.transcoders import fold_transcoder, load_transcoders
 
 FIXTURES = Path(__file__).parent / "fixtures" / "circuit_tracer"
-SLUGS = ["relu-induction", "relu-mixed", "skip-induction", "skip-mixed"]
+SLUGS = ["relu-induction", "relu-mixed", "skip-induction", "skip-mixed", "skip-long"]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ It writes ``tests/fixtures/circuit_tracer/`` (about 300 KB):
   ``activation_function.threshold``), reading ``mlp.hook_in`` (the MLP's input, after ln2)
   and writing ``mlp.hook_out``;
 * ``graphs/{set}-{prompt}.safetensors`` -- circuit-tracer's ``Graph`` for each transcoder set
-  and prompt: its adjacency matrix (targets × sources) as ``adjacency_features``
+  and prompt (the 16-token one with the skip set only): its adjacency matrix (targets × sources) as ``adjacency_features``
   ``[n_features, n_nodes]`` and ``adjacency_logits`` ``[n_logits, n_nodes]`` (the rows of error and
   token nodes are zero: they have no inputs), ``active_features``
   (layer, pos, feature), ``activation_values``, ``input_tokens``, ``logit_ids``,
@@ -52,7 +52,10 @@ WORDS = [f"w{i}" for i in range(39)]  # + <|endoftext|> = 40 tokens
 PROMPTS = {  # token ids, BOS (0, a special token: circuit-tracer then prepends nothing) first
     "induction": [0, 5, 9, 3, 5, 9],
     "mixed": [0, 12, 7, 30, 2, 21],
+    # the model's whole context: 251 active features, so interp's batches, row cache and pruning see many rows
+    "long": [0, 5, 9, 3, 5, 9, 12, 7, 30, 2, 21, 5, 9, 17, 12, 7],
 }
+SETS_OF_PROMPT = {"long": ("skip",)}  # the others run with both transcoder sets
 SHAPE = dict(n_layer=3, n_head=2, n_embd=16, n_inner=32, n_positions=16, vocab_size=len(WORDS) + 1)
 D_TRANSCODER = 16
 
@@ -171,6 +174,8 @@ def main() -> None:
             tl_logits = model(ids)[0]
         assert torch.allclose(tl_logits, hf_logits, atol=1e-10), (tl_logits - hf_logits).abs().max()
         for prompt_name, tokens in PROMPTS.items():
+            if set_name not in SETS_OF_PROMPT.get(prompt_name, sets):
+                continue
             slug = f"{set_name}-{prompt_name}"
             graph = attribute(torch.tensor(tokens), model, max_n_logits=10, desired_logit_prob=0.95, batch_size=64)
             assert graph.adjacency_matrix.dtype == torch.float64
