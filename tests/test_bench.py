@@ -67,3 +67,22 @@ def test_info_prints_the_shape_and_hook_points(planted_dir, capsys):
     assert out[1] == "48 hook points: every layer L of 0–1 has 22 ('blocks.L.' + each of these)"
     assert main(["info", "--model", planted_dir, "--no-fold-ln"]) == 0
     assert "fold_ln=False" in capsys.readouterr().out
+
+
+def test_the_graph_section_scales_circuit_tracers_run_and_finds_the_longest_prompts():
+    """circuit-tracer's memory grows as n_nodes² and its time as rows × positions; the longest prompts in 24 GiB
+    follow from those models (its 16-token run: 7,865 MB for 13,712 nodes, 843 features a token)."""
+    from interp.bench.graph import _extrapolate, _longest
+
+    ref = {"seconds": 268.0, "peak_mb": 7865.0, "n_features": 13494}
+    at32 = _extrapolate(ref, 13712, 16, 2 * 13712, 32)
+    assert at32 == {"peak_mb": 4 * 7865.0, "seconds": 268.0 * 2 * 2, "measured": False}
+    mine = {32: {"peak_mb": 2100.0, "n_features": 27000, "n_kept_features": 2300},
+            128: {"peak_mb": 6000.0, "n_features": 108000, "n_kept_features": 9000}}
+    rows = _longest({n: (m, None) for n, m in mine.items()}, 12, (ref, 13712, 16))
+    interp_tok, ct_tok = (int(r.value) for r in rows)
+    # circuit-tracer: √(24 GiB / 7,865 MB) × 13,712 nodes = 24,240 nodes, at 857 nodes a token (844 + 13)
+    assert ct_tok == 28
+    # interp: 40.6 MB a token above 800 MB, less the kept rows' quadratic growth: under 585 tokens
+    assert 450 < interp_tok < 585
+    assert "circuit-tracer" in rows[1].what and rows[0].unit == " tok"
