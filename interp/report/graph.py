@@ -184,7 +184,7 @@ def graph_svg(g, *, max_edges: int = 400, feature_link: Optional[str] = FEATURE_
             tip = f"{n['label']} @{n['pos']} ({_show(n['token'])!r}): activation {act:.3f}{inf}"
             circle = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="#fde68a" stroke="#92400e" '
                       f'stroke-width="1"/><text x="{x:.1f}" y="{y + r + 11:.1f}" font-size="9" text-anchor="middle" '
-                      f'fill="#374151">{n["feature"]}</text>')
+                      f'fill="#374151" stroke="#fff" stroke-width="3" paint-order="stroke">{n["feature"]}</text>')  # a halo over the edges
             if feature_link:
                 href = feature_link.format(layer=n["layer"], feature=n["feature"])
                 circle = f'<a href="{_esc(href)}">{circle}</a>'
