@@ -44,9 +44,11 @@ def add(sub) -> None:
                    help="logit nodes until their probability reaches this (0.95)")
     p.add_argument("--batch-size", type=count("a batch size"), default=64, help="targets per backward pass (64)")
     p.add_argument("--feature-link", default="L{layer}.html#f{feature}",
-                   help="where a feature's page is, {layer} and {feature} filled in (default L{layer}.html#f{feature}: the pages of interp features --out DIR)")
+                   help="where a feature's page is, {layer} and {feature} filled in "
+                   "(default L{layer}.html#f{feature}: the pages of interp features --out DIR)")
     p.add_argument("--slug", help="the graph's name in the JSON (default: the --out file's stem)")
-    p.add_argument("--top", type=count("a number of rows"), default=15, help="print the N most influential features (15)")
+    p.add_argument("--top", type=count("a number of rows"), default=15,
+                   help="rows of each printed table: the N most influential features, and each --qk's N largest pairs (15)")
     add_model_args(p)
     add_progress(p)
 
