@@ -86,3 +86,18 @@ def test_the_graph_section_scales_circuit_tracers_run_and_finds_the_longest_prom
     # interp: 40.6 MB a token above 800 MB, less the kept rows' quadratic growth: under 585 tokens
     assert 450 < interp_tok < 585
     assert "circuit-tracer" in rows[1].what and rows[0].unit == " tok"
+
+
+def test_the_graph_section_measures_interp_in_a_process_of_its_own():
+    """The child process loads the model and transcoders from their files and gives the graph circuit-tracer gave."""
+    import json
+    from pathlib import Path
+
+    from interp.bench.graph import _interp
+
+    fixtures = Path(__file__).parent / "fixtures" / "circuit_tracer"
+    info = json.loads((fixtures / "graphs" / "relu-induction.json").read_text())
+    run = _interp(fixtures / "model", fixtures / "transcoders-relu", torch.tensor(info["tokens"]))
+    assert run["n_features"] == info["n_features"] and run["n_logits"] == info["n_logits"]
+    assert run["replacement_score"] == pytest.approx(info["replacement_score"], abs=1e-5)  # float32 against float64
+    assert run["seconds"] > 0 and run["peak_mb"] > 0
