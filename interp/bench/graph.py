@@ -13,12 +13,13 @@ each in a fresh process of its own (``attribution_graph``, which prunes and scor
 interp first; of interp's two runs the faster time and the larger memory are kept.
 
 circuit-tracer holds dense ``n_nodes²`` matrices: the adjacency matrix while it attributes, then
-the copies ``prune_graph`` and ``compute_graph_scores`` make of it (about eleven float32 copies at
-the peak, measured: 7.9 GB for 16 tokens, 13,700 nodes). It is measured on the 16-token prompt; on a
-longer one it runs only where that run's memory, scaled by n_nodes², fits in this machine's memory;
-elsewhere its figures are that estimate (time ∝ rows × positions) and the row says so. At 32 tokens
-it needs about 35 GB, and on a 24 GiB machine the kernel kills it in its last phase, after
-~20 minutes (seen at batch sizes 512 and 128).
+the copies ``prune_graph`` and ``compute_graph_scores`` make of it (its peak at 16 tokens, 13,700
+nodes, is 7.9 GB: ten such float32 matrices' worth). It is measured on the 16-token prompt; on a
+longer one it runs only where that run's memory, scaled by n_nodes², fits in this machine's free
+memory; elsewhere its figures are that estimate (time ∝ rows × positions) and the row says so.
+The scaling overestimates its memory: at 24 tokens it predicts 18.7 GB where 14.6 GB was measured.
+At 32 tokens the kernel killed circuit-tracer on a 23.5 GiB machine after ~20 minutes (at batch
+sizes 512 and 128).
 """
 
 from __future__ import annotations
