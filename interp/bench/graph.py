@@ -221,7 +221,7 @@ def _longest(runs: dict, n_layers: int, ref) -> list[Row]:
         return lo
 
     out = [Row("graph", "longest prompt in 24 GiB, interp (estimated from the 32- and 128-token runs)",
-               longest(interp_mb), unit=" tok",
+               float(longest(interp_mb)), unit=" tok",
                detail="memory: the copies of the prompt for the backward passes and the kept nodes' rows")]
     if ref is not None:
         figures, nodes, n_pos = ref
@@ -230,6 +230,6 @@ def _longest(runs: dict, n_layers: int, ref) -> list[Row]:
             return _extrapolate(figures, nodes, n_pos, int(per_tok * n + (n_layers + 1) * n + 10), n)["peak_mb"]
 
         out.append(Row("graph", f"longest prompt in 24 GiB, circuit-tracer (estimated from its {n_pos}-token run)",
-                       longest(ct_mb), unit=" tok",
+                       float(longest(ct_mb)), unit=" tok",
                        detail=f"{per_tok:.0f} active features per token; memory ∝ n_nodes²"))
     return out
