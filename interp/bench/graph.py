@@ -17,7 +17,7 @@ the copies ``prune_graph`` and ``compute_graph_scores`` make of it (its peak at 
 nodes, is 7.9 GB: ten such float32 matrices' worth). It is measured on the 16-token prompt; on a
 longer one it runs only where that run's memory, scaled by n_nodes², fits in this machine's free
 memory; elsewhere its figures are that estimate (time ∝ rows × positions) and the row says so.
-The scaling overestimates its memory: at 24 tokens it predicts 18.7 GB where 14.6 GB was measured.
+The scaling overestimates its memory: at 24 tokens it predicts 18–19 GB where 14.6 GB was measured.
 At 32 tokens the kernel killed circuit-tracer on a 23.5 GiB machine after ~20 minutes (at batch
 sizes 512 and 128).
 """
