@@ -37,7 +37,6 @@ from .core import Context, Row, peak_memory, section, timed
 
 D_TRANSCODER = 4096
 ACTIVE_FRACTION = 0.015
-GIB = 2**30
 
 
 def _write_inputs(ctx: Context, root: Path) -> tuple[Path, Path]:
@@ -80,19 +79,21 @@ def _mem_available() -> float:
     return float("inf")
 
 
-def _circuit_tracer(against: str, model_dir: Path, tc_dir: Path, tokens: torch.Tensor, batch_size: int = 512) -> dict:
-    python = Path(against) / "bin" / "python"
-    runner = Path(__file__).with_name("circuit_tracer_run.py")
-    cmd = [str(python), str(runner), str(model_dir), str(tc_dir), "--tokens", ",".join(map(str, tokens.tolist())),
-           "--threads", str(torch.get_num_threads()), "--batch-size", str(batch_size)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _run(cmd: list[str], who: str, **env: str) -> dict:
+    """Run one measured process; its last line of output is its figures (JSON)."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
     if done.returncode in (-9, 137):
-        raise RuntimeError(f"circuit-tracer's run was killed (SIGKILL: out of memory) at batch size {batch_size}")
+        raise RuntimeError(f"{who}'s run was killed (SIGKILL: out of memory)")
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"circuit-tracer run failed: {tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1]) | {"batch_size": batch_size}
+        raise RuntimeError(f"{who}'s run failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _circuit_tracer(against: str, model_dir: Path, tc_dir: Path, tokens: torch.Tensor) -> dict:
+    python, runner = Path(against) / "bin" / "python", Path(__file__).with_name("circuit_tracer_run.py")
+    return _run([str(python), str(runner), str(model_dir), str(tc_dir), "--tokens", ",".join(map(str, tokens.tolist())),
+                 "--threads", str(torch.get_num_threads())], "circuit-tracer", TRANSFORMERS_OFFLINE="1")
 
 
 def _interp(model_dir: Path, tc_dir: Path, tokens: torch.Tensor) -> dict:
@@ -100,13 +101,8 @@ def _interp(model_dir: Path, tc_dir: Path, tokens: torch.Tensor) -> dict:
     the allocator kept would otherwise hide part of this run's peak."""
     import sys
 
-    cmd = [sys.executable, "-c", "from interp.bench.graph import _child; _child()", str(model_dir), str(tc_dir),
-           ",".join(map(str, tokens.tolist())), str(torch.get_num_threads())]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"interp's graph run failed: {tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _run([sys.executable, "-c", "from interp.bench.graph import _child; _child()", str(model_dir), str(tc_dir),
+                 ",".join(map(str, tokens.tolist())), str(torch.get_num_threads())], "interp's graph")
 
 
 def _child() -> None:
